@@ -1,0 +1,58 @@
+"""KV cache with memory reserved per sequence.
+
+A sequence reserves, when it is admitted, room for its whole life (prompt + token budget),
+so a running sequence never waits for memory and never has to be preempted; the room
+goes back to the pool when it finishes or is aborted. Each sequence's keys and values are
+contiguous ([layers, kv_heads, capacity, head_dim]), which lets attention run per sequence
+on exactly its own tokens: the shape of that computation never depends on the neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from imagemini.models.config import TextConfig
+
+
+@dataclass
+class SequenceKV:
+    k: torch.Tensor  # [layers, kv_heads, capacity, head_dim]
+    v: torch.Tensor
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+class KVCache:
+    def __init__(self, cfg: TextConfig, dtype: torch.dtype, budget_tokens: int) -> None:
+        if budget_tokens < 1:
+            raise ValueError("KV budget must be at least one token")
+        self.cfg = cfg
+        self.dtype = dtype
+        self.budget_tokens = budget_tokens
+        self.used_tokens = 0
+
+    @property
+    def free_tokens(self) -> int:
+        return self.budget_tokens - self.used_tokens
+
+    def bytes_per_token(self) -> int:
+        c = self.cfg
+        return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def can_allocate(self, tokens: int) -> bool:
+        return tokens <= self.free_tokens
+
+    def allocate(self, tokens: int) -> SequenceKV:
+        if not self.can_allocate(tokens):
+            raise MemoryError(f"KV cache: {tokens} tokens requested, {self.free_tokens} free")
+        c = self.cfg
+        shape = (c.num_hidden_layers, c.num_key_value_heads, tokens, c.head_dim)
+        self.used_tokens += tokens
+        return SequenceKV(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+
+    def free(self, kv: SequenceKV) -> None:
+        self.used_tokens -= kv.capacity

@@ -1,0 +1,87 @@
+"""One forward pass over every sequence that has work this step.
+
+The rows of all sequences (a prompt chunk, or the one new token of a decoding sequence)
+are stacked into one [N, hidden] matrix, so every weight matmul runs once per step for the
+whole batch, in fixed row tiles (models/layers.py). Attention is the only per-sequence part:
+each sequence writes its new keys/values into its own cache and attends over exactly its
+own tokens, so its arithmetic is the same whether it runs alone or beside fifteen others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from imagemini.models.janus import Janus
+from imagemini.models.layers import set_row_tile
+
+from .sequence import Sequence
+
+
+@dataclass
+class Chunk:
+    seq: Sequence
+    start: int  # position of the first row
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class ModelRunner:
+    def __init__(self, model: Janus, row_tile: int = 16) -> None:
+        self.model = model
+        self.row_tile = row_tile
+        set_row_tile(model, row_tile)
+        self.dtype = next(model.parameters()).dtype
+
+    def _embeddings(self, chunks: list[Chunk]) -> torch.Tensor:
+        ids, parts = [], []
+        for c in chunks:
+            if c.seq.prompt_embeds is not None and c.start < len(c.seq.prompt_ids):
+                parts.append((len(ids), c.seq.prompt_embeds[c.start : c.end]))
+                ids.extend([0] * c.length)  # placeholder rows, overwritten below
+            else:
+                ids.extend(c.seq.token_at(p) for p in range(c.start, c.end))
+        embeds = self.model.embed_tokens(torch.tensor(ids))
+        for offset, rows in parts:
+            embeds[offset : offset + rows.shape[0]] = rows.to(embeds.dtype)
+        return embeds
+
+    def _attend(self, chunks: list[Chunk]):
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            outputs, offset = [], 0
+            for c in chunks:
+                rows = slice(offset, offset + c.length)
+                offset += c.length
+                cache_k, cache_v = c.seq.kv.k[layer], c.seq.kv.v[layer]  # [kv_heads, capacity, D]
+                cache_k[:, c.start : c.end] = k[rows].transpose(0, 1)
+                cache_v[:, c.start : c.end] = v[rows].transpose(0, 1)
+                keys, values = cache_k[None, :, : c.end], cache_v[None, :, : c.end]
+                query = q[rows].transpose(0, 1)[None]  # [1, heads, length, D]
+                mask = None
+                if c.length > 1:
+                    mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
+                out = F.scaled_dot_product_attention(
+                    query, keys, values, attn_mask=mask, enable_gqa=query.shape[1] != keys.shape[1]
+                )
+                outputs.append(out[0].transpose(0, 1))
+            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+        return attend
+
+    @torch.inference_mode()
+    def forward(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Run the chunks; return the final hidden state of each chunk's last row [len(chunks), hidden]."""
+        embeds = self._embeddings(chunks)
+        positions = torch.cat([torch.arange(c.start, c.end) for c in chunks])
+        hidden = self.model.decoder(embeds, positions, self._attend(chunks))
+        last_rows = torch.tensor([0] + [c.length for c in chunks]).cumsum(0)[1:] - 1
+        return hidden[last_rows]
+
+    @torch.inference_mode()
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.text_logits(hidden).float()

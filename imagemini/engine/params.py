@@ -1,0 +1,53 @@
+"""Per-request sampling parameters: what the engine honours for one completion.
+
+Values are checked here (ValueError on anything out of range) so that an engine fed
+directly, not through the HTTP layer, refuses a bad request the same way the API does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None  # None: a fresh random seed per request
+    logprobs: bool = False
+    top_logprobs: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # end the completion (finish_reason "stop"), not emitted
+    banned_token_ids: tuple[int, ...] = ()  # never sampled (e.g. begin-of-image in text-only mode)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1")
+        need(math.isfinite(self.temperature) and 0.0 <= self.temperature <= 2.0, "temperature must be in [0, 2]")
+        need(math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and -2.0 <= value <= 2.0, f"{name} must be in [-2, 2]")
+        for token, bias in self.logit_bias.items():
+            need(isinstance(token, int) and token >= 0, "logit_bias keys must be token ids")
+            need(math.isfinite(bias) and -100.0 <= bias <= 100.0, "logit_bias values must be in [-100, 100]")
+        need(0 <= self.top_logprobs <= 20, "top_logprobs must be in [0, 20]")
+        need(self.top_logprobs == 0 or self.logprobs, "top_logprobs requires logprobs")
+        need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        need(self.seed is None or isinstance(self.seed, int), "seed must be an integer")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0

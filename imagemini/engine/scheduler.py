@@ -1,0 +1,82 @@
+"""Which sequences run in the next step, and which rows of each.
+
+Continuous batching: sequences join (when the KV cache can hold their whole reservation
+and a slot is free) and leave between steps. Every running sequence that is decoding gets
+its one row each step; prompts are prefilled in chunks on top, up to a per-step row budget,
+so a long prompt never stalls the decoders for more than one chunk.
+
+Chunk borders sit at fixed multiples of `prefill_chunk` from the start of each prompt, never
+where the load happens to cut: the arithmetic of a prompt is then the same under any load.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .kv_cache import KVCache
+from .model_runner import Chunk
+from .sequence import Sequence, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 32
+    prefill_chunk: int = 256
+    max_prefill_rows: int = 512
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.prefill_chunk < 1 or self.max_prefill_rows < 1:
+            raise ValueError("scheduler sizes must be positive")
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCache) -> None:
+        self.config = config
+        self.kv_cache = kv_cache
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.kv is not None:
+            self.kv_cache.free(seq.kv)
+            seq.kv = None
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.kv_cache.can_allocate(seq.reserved_tokens):
+                break  # first come, first served: later requests do not overtake it
+            self.waiting.popleft()
+            seq.kv = self.kv_cache.allocate(seq.reserved_tokens)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+
+    def schedule(self) -> list[Chunk]:
+        self._admit()
+        chunks: list[Chunk] = []
+        prefill_rows = 0
+        chunk = self.config.prefill_chunk
+        for seq in self.running:
+            start = seq.num_computed
+            if start >= seq.num_tokens:
+                continue
+            if start >= len(seq.prompt_ids):  # decoding: one row, always
+                chunks.append(Chunk(seq, start, seq.num_tokens - start))
+                continue
+            end = min((start // chunk + 1) * chunk, len(seq.prompt_ids))
+            if prefill_rows and prefill_rows + end - start > self.config.max_prefill_rows:
+                continue
+            chunks.append(Chunk(seq, start, end - start))
+            prefill_rows += end - start
+        return chunks

@@ -1,0 +1,85 @@
+"""One completion being generated: its tokens, its place in the KV cache, its randomness.
+
+The engine speaks token ids only; text appears here only through the detokenizer, which
+the engine needs to end a sequence on a stop string.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from .detokenizer import IncrementalDetokenizer
+from .kv_cache import SequenceKV
+from .params import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first
+
+
+@dataclass
+class SequenceOutput:
+    """What one engine step produced for one sequence (a delta)."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob]
+    finished: bool
+    finish_reason: str | None  # "stop", "length", "abort", "error"
+    num_prompt_tokens: int
+    num_output_tokens: int
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    prompt_embeds: torch.Tensor | None = None  # [prompt_len, hidden] when the prompt holds images
+    output_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    num_computed: int = 0  # tokens whose keys/values are in the cache
+    kv: SequenceKV | None = None
+    finish_reason: str | None = None
+    aborted: bool = False
+    token_counts: Counter = field(default_factory=Counter)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
+        # String seeding is stable across processes and Python versions (sha512 of the text).
+        self.rng = random.Random(f"imagemini:{seed}")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return len(self.prompt_ids) + self.params.max_tokens
+
+    def token_at(self, position: int) -> int:
+        n = len(self.prompt_ids)
+        return self.prompt_ids[position] if position < n else self.output_ids[position - n]
+
+    def append(self, token_id: int) -> None:
+        self.output_ids.append(token_id)
+        self.token_counts[token_id] += 1

@@ -1,0 +1,155 @@
+"""The whole Janus network, with the parameter names of transformers'
+`JanusForConditionalGeneration`, so its `model.safetensors` loads as is:
+
+    model = load_janus("models/bundled", dtype=torch.bfloat16)
+
+Pieces and what they are for:
+- `model.language_model`  Llama decoder over text tokens and image embeddings (llama.py)
+- `model.vision_model` + `model.aligner`  image understanding: pixels -> placeholder embeddings
+- `model.vqmodel`  image tokenizer: codes <-> pixels (vq.py)
+- `model.generation_embeddings` + `model.generation_aligner`  generated codes -> decoder input
+- `model.generation_head`  decoder hidden state -> image-code logits
+- `lm_head`  decoder hidden state -> text logits (tied to the token embeddings if absent)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .config import JanusConfig
+from .layers import AlignerMLP, Linear, activation
+from .llama import Attend, LlamaModel, padded_causal_attend
+from .vision import VisionModel
+from .vq import VQModel
+
+
+class GenerationHead(nn.Module):
+    def __init__(self, hidden: int, projection: int, num_codes: int, act: str) -> None:
+        super().__init__()
+        self.proj_out = Linear(hidden, projection)
+        self.vision_head = Linear(projection, num_codes)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vision_head(self.act(self.proj_out(x)))
+
+
+class JanusModel(nn.Module):
+    def __init__(self, cfg: JanusConfig) -> None:
+        super().__init__()
+        v, q, t = cfg.vision, cfg.vq, cfg.text
+        self.vision_model = VisionModel(v)
+        self.aligner = AlignerMLP(v.hidden_size, v.projection_dim, v.depth, v.hidden_act)
+        self.vqmodel = VQModel(q)
+        self.generation_embeddings = nn.Embedding(q.num_embeddings, q.embed_dim)
+        self.generation_aligner = AlignerMLP(q.embed_dim, q.projection_dim, q.num_hidden_layers, q.hidden_act)
+        self.generation_head = GenerationHead(q.image_token_embed_dim, q.projection_dim, q.num_embeddings, q.hidden_act)
+        self.language_model = LlamaModel(t)
+
+
+class Janus(nn.Module):
+    def __init__(self, cfg: JanusConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = JanusModel(cfg)
+        self.lm_head = Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+
+    # --- the pieces the engine composes -------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.embed_tokens(ids)
+
+    def embed_image_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.generation_aligner(self.model.generation_embeddings(codes))
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [n, 3, S, S] (processor-normalised) -> [n, num_patches, text_hidden]."""
+        return self.model.aligner(self.model.vision_model(pixels))
+
+    def decoder(self, embeds: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        return self.model.language_model(embeds, positions, attend)
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.generation_head(hidden)
+
+    def decode_image_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [n, grid²] -> pixels [n, 3, S, S], roughly in [-1, 1]."""
+        return self.model.vqmodel.decode(codes)
+
+    # --- whole-sequence forward (reference checks and training) --------------------------
+    def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with image placeholders replaced by encoded images, in order."""
+        embeds = self.embed_tokens(input_ids)
+        if pixel_values is not None:
+            features = self.encode_images(pixel_values).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            mask = input_ids == self.cfg.image_token_id
+            if int(mask.sum()) != features.shape[0]:
+                raise ValueError(f"{int(mask.sum())} image placeholder tokens for {features.shape[0]} image features")
+            embeds = embeds.masked_scatter(mask[..., None], features)
+        return embeds
+
+    def hidden_states(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, T, hidden] (left- or right-padded per attention_mask) -> [B, T, hidden]."""
+        b, t, h = embeds.shape
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        if key_mask is not None:
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(t).expand(b, t)
+        out = self.decoder(embeds.reshape(b * t, h), positions.reshape(-1), padded_causal_attend(b, t, key_mask))
+        return out.view(b, t, h)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text logits [B, T, vocab] for a batch of token ids."""
+        embeds = self.input_embeddings(input_ids, pixel_values)
+        return self.text_logits(self.hidden_states(embeds, attention_mask))
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of the checkpoint's weight file: part of the system fingerprint."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_janus(path: str | Path, dtype: torch.dtype = torch.float32) -> Janus:
+    """Build the network from `config.json` and fill it from `model.safetensors`.
+
+    Every parameter must be present in the file (except a tied `lm_head`), and every tensor
+    in the file must belong to the network: a partial or foreign checkpoint is an error.
+    """
+    path = Path(path)
+    cfg = JanusConfig.from_dir(path)
+    with torch.device("meta"):
+        model = Janus(cfg)
+    expected = dict(model.named_parameters())
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(path / "model.safetensors", framework="pt") as f:
+        for key in f.keys():
+            if key not in expected:
+                raise ValueError(f"unexpected tensor {key!r} in {path}/model.safetensors")
+            tensor = f.get_tensor(key)
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                raise ValueError(f"{key}: shape {tuple(tensor.shape)} != expected {tuple(expected[key].shape)}")
+            state[key] = tensor.to(dtype)
+    if "lm_head.weight" not in state and "model.language_model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval()

@@ -1,0 +1,78 @@
+"""Building blocks shared by the Janus sub-networks.
+
+`Linear` is `nn.Linear` with one extra switch, `row_tile`: when set (the engine sets it),
+every matmul runs on fixed blocks of `row_tile` rows. On CPU, the GEMM kernel — and so the
+rounding of each output row — is chosen by the number of rows (design §7), so without this
+a request's logits would depend on how many other requests share its batch. With fixed
+tiles every row always meets the same kernel, whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Linear):
+    row_tile: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tile = self.row_tile
+        if tile is None:
+            return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        n = rows.shape[0]
+        padded = -n % tile
+        if padded:
+            rows = torch.cat([rows, rows.new_zeros(padded, rows.shape[1])])
+        out = torch.cat([F.linear(block, self.weight, self.bias) for block in rows.split(tile)])
+        return out[:n].reshape(*x.shape[:-1], -1)
+
+
+def set_row_tile(module: nn.Module, tile: int | None) -> None:
+    """Switch every `Linear` under `module` to fixed `tile`-row blocks (None: plain matmul)."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.row_tile = tile
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def activation(name: str):
+    if name == "silu":
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_pytorch_tanh", "gelu_new"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "quick_gelu":
+        return lambda x: x * torch.sigmoid(1.702 * x)
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+class AlignerMLP(nn.Module):
+    """fc1 then (act, linear) × (depth-1): the understanding and generation aligners."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = Linear(in_dim, out_dim)
+        self.hidden_layers = nn.ModuleList([Linear(out_dim, out_dim) for _ in range(1, depth)])
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        for layer in self.hidden_layers:
+            x = layer(self.act(x))
+        return x
