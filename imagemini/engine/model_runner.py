@@ -31,10 +31,21 @@ class Chunk:
         return self.start + self.length
 
 
+def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One query row q [1, Hq, D] over keys/values [Hkv, L, D]; plain matmuls beat the fused
+    kernel's set-up cost at this size. Softmax in float32, as the reference does."""
+    heads, kv_heads, d = q.shape[1], keys.shape[0], q.shape[2]
+    qg = q.view(kv_heads, heads // kv_heads, d)
+    scores = torch.matmul(qg, keys.transpose(1, 2)).float() * (d**-0.5)
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(probs, values).view(1, heads, d)
+
+
 class ModelRunner:
     def __init__(self, model: Janus, row_tile: int = 16) -> None:
         self.model = model
         self.row_tile = row_tile
+        model.model.language_model.fuse()
         set_row_tile(model, row_tile)
         self.dtype = next(model.parameters()).dtype
 
@@ -61,6 +72,9 @@ class ModelRunner:
                 cache_k[:, c.start : c.end] = k[rows].transpose(0, 1)
                 cache_v[:, c.start : c.end] = v[rows].transpose(0, 1)
                 keys, values = cache_k[None, :, : c.end], cache_v[None, :, : c.end]
+                if c.length == 1:
+                    outputs.append(_decode_attention(q[rows], keys[0], values[0]))
+                    continue
                 query = q[rows].transpose(0, 1)[None]  # [1, heads, length, D]
                 mask = None
                 if c.length > 1:

@@ -30,6 +30,25 @@ class Linear(nn.Linear):
         return out[:n].reshape(*x.shape[:-1], -1)
 
 
+def fuse_linears(parts: list[Linear]) -> Linear:
+    """One Linear computing `parts` side by side; the parts' weights become views into it,
+    so the fused copy costs no extra memory and the state dict keeps its names."""
+    weight = torch.cat([p.weight.detach() for p in parts])
+    bias = torch.cat([p.bias.detach() for p in parts]) if parts[0].bias is not None else None
+    fused = Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+    fused.row_tile = parts[0].row_tile
+    offset = 0
+    for p in parts:
+        rows = p.weight.shape[0]
+        p.weight = nn.Parameter(weight[offset : offset + rows], requires_grad=False)
+        if bias is not None:
+            p.bias = nn.Parameter(bias[offset : offset + rows], requires_grad=False)
+        offset += rows
+    return fused
+
+
 def set_row_tile(module: nn.Module, tile: int | None) -> None:
     """Switch every `Linear` under `module` to fixed `tile`-row blocks (None: plain matmul)."""
     for m in module.modules():

@@ -1,0 +1,119 @@
+"""The `imagemini` command.
+
+    imagemini serve [--model DIR] [--host H] [--port P]     the OpenAI-compatible server
+    imagemini generate "prompt" [--model DIR] [...]          one completion, printed
+    imagemini bench text [--concurrency 1 8] [...]           decode speed vs transformers
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+BUNDLED_MODEL = Path(__file__).parent / "models" / "bundled"
+FIXTURE_CACHE = Path.home() / ".cache" / "imagemini" / "random-fixture-small"
+
+log = logging.getLogger("imagemini")
+
+
+def default_model_dir() -> Path:
+    """The bundled checkpoint; until one is trained, the random test fixture (loudly)."""
+    if (BUNDLED_MODEL / "model.safetensors").exists():
+        return BUNDLED_MODEL
+    from imagemini.models import random_fixture
+
+    log.warning(
+        "no bundled checkpoint at %s yet: serving the RANDOM TEST FIXTURE (answers are noise)", BUNDLED_MODEL
+    )
+    if not (FIXTURE_CACHE / "model.safetensors").exists():
+        random_fixture.build(FIXTURE_CACHE, size="small")
+    return FIXTURE_CACHE
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="Janus checkpoint directory (default: bundled)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV cache size in tokens, all sequences")
+
+
+def _engine_config(args: argparse.Namespace):
+    from imagemini.engine.engine import EngineConfig
+    from imagemini.engine.scheduler import SchedulerConfig
+
+    return EngineConfig(
+        dtype=args.dtype,
+        kv_budget_tokens=args.kv_budget_tokens,
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from imagemini.api.server import create_app
+
+    model_dir = args.model or default_model_dir()
+    app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=15)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from imagemini.engine.engine import Engine
+    from imagemini.engine.params import SamplingParams
+
+    engine = Engine.from_checkpoint(args.model or default_model_dir(), _engine_config(args))
+    tok = engine.tokenizer
+    prompt = tok.encode(tok.render_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    print(engine.generate([prompt], params)[0]["text"])
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from imagemini.bench import text
+
+    text.main(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="imagemini", description="Janus models behind the OpenAI API")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _engine_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-pending", type=int, default=256, help="requests in flight before 503")
+    p.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="print one completion")
+    _engine_args(p)
+    p.add_argument("prompt")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    t = bench.add_parser("text", help="decode tokens/s: our engine vs transformers' generate")
+    t.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
+    t.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    t.add_argument("--max-tokens", type=int, default=128)
+    t.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    t.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as exc:
+        print(f"imagemini: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
