@@ -58,7 +58,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.runner = ModelRunner(model, config.row_tile)
-        self.kv_cache = KVCache(model.cfg.text, DTYPES[config.dtype], config.kv_budget_tokens)
+        # Keys/values are kept in float32 whatever the weights' dtype: attention then runs on
+        # the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses nothing.
+        self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.context_length = model.cfg.text.max_position_embeddings
         self.system_fingerprint = "fp_" + hashlib.sha256(

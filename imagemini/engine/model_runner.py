@@ -32,13 +32,12 @@ class Chunk:
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """One query row q [1, Hq, D] over keys/values [Hkv, L, D]; plain matmuls beat the fused
-    kernel's set-up cost at this size. Softmax in float32, as the reference does."""
+    """One query row q [1, Hq, D] over float32 keys/values [Hkv, L, D]; plain matmuls beat
+    the fused kernel's set-up cost at this size."""
     heads, kv_heads, d = q.shape[1], keys.shape[0], q.shape[2]
     qg = q.view(kv_heads, heads // kv_heads, d)
-    scores = torch.matmul(qg, keys.transpose(1, 2)).float() * (d**-0.5)
-    probs = torch.softmax(scores, dim=-1).to(values.dtype)
-    return torch.matmul(probs, values).view(1, heads, d)
+    scores = torch.matmul(qg, keys.transpose(1, 2)) * (d**-0.5)
+    return torch.matmul(torch.softmax(scores, dim=-1), values).view(1, heads, d)
 
 
 class ModelRunner:
@@ -73,16 +72,16 @@ class ModelRunner:
                 cache_v[:, c.start : c.end] = v[rows].transpose(0, 1)
                 keys, values = cache_k[None, :, : c.end], cache_v[None, :, : c.end]
                 if c.length == 1:
-                    outputs.append(_decode_attention(q[rows], keys[0], values[0]))
+                    outputs.append(_decode_attention(q[rows].float(), keys[0], values[0]).to(q.dtype))
                     continue
-                query = q[rows].transpose(0, 1)[None]  # [1, heads, length, D]
+                query = q[rows].transpose(0, 1)[None].float()  # [1, heads, length, D]
                 mask = None
                 if c.length > 1:
                     mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
                 out = F.scaled_dot_product_attention(
                     query, keys, values, attn_mask=mask, enable_gqa=query.shape[1] != keys.shape[1]
                 )
-                outputs.append(out[0].transpose(0, 1))
+                outputs.append(out[0].transpose(0, 1).to(q.dtype))
             return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
         return attend

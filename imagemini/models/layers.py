@@ -16,6 +16,7 @@ from torch import nn
 
 class Linear(nn.Linear):
     row_tile: int | None = None
+    _packed: torch.Tensor | None = None  # oneDNN-packed bf16 weight for `row_tile` rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tile = self.row_tile
@@ -23,11 +24,31 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
-        padded = -n % tile
-        if padded:
-            rows = torch.cat([rows, rows.new_zeros(padded, rows.shape[1])])
-        out = torch.cat([F.linear(block, self.weight, self.bias) for block in rows.split(tile)])
+        if n == tile:
+            return self._tile_matmul(rows).reshape(*x.shape[:-1], -1)
+        if n % tile:
+            rows = F.pad(rows, (0, 0, 0, tile - n % tile))
+        out = torch.cat([self._tile_matmul(block) for block in rows.split(tile)])
         return out[:n].reshape(*x.shape[:-1], -1)
+
+    def _tile_matmul(self, block: torch.Tensor) -> torch.Tensor:
+        if self._packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(block, self._packed, self.bias, "none", [], "")
+        return F.linear(block, self.weight, self.bias)
+
+    def prepack(self) -> None:
+        """Pre-arrange a bf16 weight for oneDNN's tile-sized matmul (same results, less set-up
+        per call); silently keeps the plain path where this build of torch has no such op."""
+        if self.weight.dtype != torch.bfloat16 or self.row_tile is None:
+            return
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.row_tile)
+            probe = torch.randn(self.row_tile, self.in_features).to(torch.bfloat16)
+            got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
+            if torch.equal(got, F.linear(probe, self.weight, self.bias)):
+                self._packed = packed
+        except (RuntimeError, AttributeError):
+            self._packed = None
 
 
 def fuse_linears(parts: list[Linear]) -> Linear:
@@ -54,6 +75,8 @@ def set_row_tile(module: nn.Module, tile: int | None) -> None:
     for m in module.modules():
         if isinstance(m, Linear):
             m.row_tile = tile
+            m._packed = None
+            m.prepack()
 
 
 class RMSNorm(nn.Module):
@@ -63,10 +86,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # Normalise in float32 and scale in the input dtype, as the Llama reference does.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def activation(name: str):
