@@ -32,11 +32,10 @@ class Chunk:
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """One query row q [1, Hq, D] over float32 keys/values [Hkv, L, D]; plain matmuls beat
-    the fused kernel's set-up cost at this size."""
+    """One pre-scaled float32 query row q [1, Hq, D] over float32 keys/values [Hkv, L, D]:
+    plain matmuls beat the fused kernel's set-up cost at this size."""
     heads, kv_heads, d = q.shape[1], keys.shape[0], q.shape[2]
-    qg = q.view(kv_heads, heads // kv_heads, d)
-    scores = torch.matmul(qg, keys.transpose(1, 2)) * (d**-0.5)
+    scores = torch.matmul(q.view(kv_heads, heads // kv_heads, d), keys.transpose(1, 2))
     return torch.matmul(torch.softmax(scores, dim=-1), values).view(1, heads, d)
 
 
@@ -63,26 +62,33 @@ class ModelRunner:
 
     def _attend(self, chunks: list[Chunk]):
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            outputs, offset = [], 0
+            # New keys/values of every chunk into its sequence's cache, in one call.
+            destinations, sources, offset = [], [], 0
             for c in chunks:
                 rows = slice(offset, offset + c.length)
                 offset += c.length
-                cache_k, cache_v = c.seq.kv.k[layer], c.seq.kv.v[layer]  # [kv_heads, capacity, D]
-                cache_k[:, c.start : c.end] = k[rows].transpose(0, 1)
-                cache_v[:, c.start : c.end] = v[rows].transpose(0, 1)
-                keys, values = cache_k[None, :, : c.end], cache_v[None, :, : c.end]
+                destinations += [c.seq.kv.k[layer][:, c.start : c.end], c.seq.kv.v[layer][:, c.start : c.end]]
+                sources += [k[rows].transpose(0, 1), v[rows].transpose(0, 1)]
+            torch._foreach_copy_(destinations, sources)
+            # Attention per sequence over exactly its own tokens (float32, query pre-scaled).
+            q = q.float() * (q.shape[-1] ** -0.5)
+            outputs, offset = [], 0
+            for c in chunks:
+                query = q[offset : offset + c.length]
+                offset += c.length
+                keys, values = c.seq.kv.k[layer][:, : c.end], c.seq.kv.v[layer][:, : c.end]
                 if c.length == 1:
-                    outputs.append(_decode_attention(q[rows].float(), keys[0], values[0]).to(q.dtype))
+                    outputs.append(_decode_attention(query, keys, values))
                     continue
-                query = q[rows].transpose(0, 1)[None].float()  # [1, heads, length, D]
-                mask = None
-                if c.length > 1:
-                    mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
+                mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
                 out = F.scaled_dot_product_attention(
-                    query, keys, values, attn_mask=mask, enable_gqa=query.shape[1] != keys.shape[1]
+                    query.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, scale=1.0,
+                    enable_gqa=query.shape[1] != keys.shape[0],
                 )
-                outputs.append(out[0].transpose(0, 1).to(q.dtype))
-            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+                outputs.append(out[0].transpose(0, 1))
+            if offset < q.shape[0]:  # tile padding rows: attend to nothing, stay zero
+                outputs.append(q.new_zeros(q.shape[0] - offset, *q.shape[1:]))
+            return torch.cat(outputs).to(k.dtype)
 
         return attend
 
@@ -91,6 +97,11 @@ class ModelRunner:
         """Run the chunks; return the final hidden state of each chunk's last row [len(chunks), hidden]."""
         embeds = self._embeddings(chunks)
         positions = torch.cat([torch.arange(c.start, c.end) for c in chunks])
+        # Pad the rows once to whole tiles, so every matmul below takes its one-tile fast path.
+        padding = -embeds.shape[0] % self.row_tile
+        if padding:
+            embeds = F.pad(embeds, (0, 0, 0, padding))
+            positions = F.pad(positions, (0, padding))
         hidden = self.model.decoder(embeds, positions, self._attend(chunks))
         last_rows = torch.tensor([0] + [c.length for c in chunks]).cumsum(0)[1:] - 1
         return hidden[last_rows]

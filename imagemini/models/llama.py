@@ -62,14 +62,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         n = x.shape[0]
-        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj(x).split([nq, nkv, nkv], dim=-1)
+            # q and k are neighbours in the fused output: rotate them in one go.
+            qkv = self.qkv_proj(x).view(n, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+            qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)
+            q, k, v = qk[:, : self.num_heads], qk[:, self.num_heads :], qkv[:, self.num_heads + self.num_kv_heads :]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = apply_rope(q.reshape(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.reshape(n, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.reshape(n, self.num_kv_heads, self.head_dim)
+            q = apply_rope(self.q_proj(x).view(n, self.num_heads, self.head_dim), cos, sin)
+            k = apply_rope(self.k_proj(x).view(n, self.num_kv_heads, self.head_dim), cos, sin)
+            v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         out = attend(self.layer_index, q, k, v)
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
 
