@@ -63,6 +63,8 @@ class Engine:
         self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache)
         self.context_length = model.cfg.text.max_position_embeddings
+        self.num_image_tokens = model.cfg.vq.num_patches**2
+        self.code_offset = model.cfg.text.vocab_size  # image codes live above the text vocabulary
         self.system_fingerprint = "fp_" + hashlib.sha256(
             f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}".encode()
         ).hexdigest()[:12]
@@ -100,8 +102,16 @@ class Engine:
         stops = tuple(params.stop_token_ids) or (self.tokenizer.special.eos,)
         params = params if params.stop_token_ids else _with_stop_ids(params, stops)
         seq = Sequence(
-            request_id, list(prompt_ids), params, IncrementalDetokenizer(self.tokenizer, params.stop), prompt_embeds
+            request_id, list(prompt_ids), params, IncrementalDetokenizer(self.tokenizer, params.stop), prompt_embeds,
+            code_offset=self.code_offset,
         )
+        if params.uses_guidance:
+            seq.cfg_partner = Sequence(f"{request_id}/uncond", [], params, None, code_offset=self.code_offset)
+        if params.image_output and prompt_ids[-1] == self.tokenizer.special.boi:
+            # The prompt itself opens an image (Janus-Pro's own pipeline): draw from the start.
+            if params.max_tokens < self.num_image_tokens + 1:
+                raise ValueError(f"max_tokens must be at least {self.num_image_tokens + 1} to draw an image")
+            self._start_image(seq)
         self._inbox.put(("add", seq))
         return request_id
 
@@ -118,14 +128,58 @@ class Engine:
         if not chunks:
             return outputs
         hidden = self.runner.forward(chunks)
-        for c in chunks:
+        row_of: dict[int, int] = {}
+        for i, c in enumerate(chunks):
             c.seq.num_computed = c.end
-        ready = [i for i, c in enumerate(chunks) if c.end == c.seq.num_tokens]
-        if ready:
-            seqs = [chunks[i].seq for i in ready]
-            tokens, logprobs = sampler.sample(self.runner.text_logits(hidden[ready]), seqs)
-            outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(seqs, tokens, logprobs))
-        return outputs
+            if c.end == c.seq.num_tokens:
+                row_of[id(c.seq)] = i  # this row's hidden state predicts the next token
+        mains = [c.seq for c in chunks if id(c.seq) in row_of and c.seq.detokenizer is not None]
+        text = [s for s in mains if not s.in_image]
+        image = [s for s in mains if s.in_image]
+        if text:
+            logits = self.runner.text_logits(hidden[[row_of[id(s)] for s in text]])
+            tokens, logprobs = sampler.sample(logits, text)
+            outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
+        if image:
+            codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
+            outputs.extend(self._advance_image(seq, int(code)) for seq, code in zip(image, codes))
+        return [o for o in outputs if o.finished or o.token_ids or o.text or o.images]
+
+    def _guided_image_logits(self, hidden: torch.Tensor, row_of: dict[int, int], seqs: list[Sequence]) -> torch.Tensor:
+        """uncond + scale·(cond − uncond) per image row (just cond where guidance is off)."""
+        partners = [s for s in seqs if s.cfg_partner is not None]
+        rows = [row_of[id(s)] for s in seqs] + [row_of[id(s.cfg_partner)] for s in partners]
+        logits = self.runner.image_logits(hidden[rows])
+        cond, uncond = logits[: len(seqs)], logits[len(seqs) :]
+        guided = cond.clone()
+        for j, i in enumerate(i for i, s in enumerate(seqs) if s.cfg_partner is not None):
+            scale = seqs[i].params.guidance_scale
+            guided[i] = uncond[j] + scale * (cond[i] - uncond[j])
+        return guided
+
+    def _start_image(self, seq: Sequence) -> None:
+        seq.image_tokens_left = self.num_image_tokens
+        partner = seq.cfg_partner
+        if partner is not None:
+            # Unconditional context: the same length, every token but BOS and BOI padded out.
+            keep = {self.tokenizer.special.bos, self.tokenizer.special.boi}
+            context = [seq.token_at(p) for p in range(seq.num_tokens)]
+            partner.prompt_ids = [t if t in keep else self.tokenizer.special.pad for t in context]
+            partner.output_ids = []
+            partner.num_computed = 0
+
+    def _advance_image(self, seq: Sequence, code: int) -> SequenceOutput:
+        seq.append(self.code_offset + code)
+        seq.image_tokens_left -= 1
+        if seq.cfg_partner is not None and seq.in_image:
+            seq.cfg_partner.output_ids.append(self.code_offset + code)
+        if seq.in_image:
+            return self._output(seq, [], "", [])
+        seq.new_images.append(seq.current_image())
+        seq.append(self.tokenizer.special.eoi)
+        if len(seq.output_ids) >= seq.params.max_tokens:
+            return self._finish(seq, "length", seq.detokenizer.finish(), [])
+        return self._output(seq, [], "", [])
 
     def fail_all(self, message: str) -> list[SequenceOutput]:
         """After an unexpected error: end every live sequence with finish_reason 'error'."""
@@ -149,6 +203,13 @@ class Engine:
         if token in seq.params.stop_token_ids:
             seq.append(token)
             return self._finish(seq, "stop", seq.detokenizer.finish(), [])
+        if token == self.tokenizer.special.boi and seq.params.image_output:
+            # An image is all or nothing: without room for every code and the end marker, stop here.
+            if len(seq.output_ids) + 1 + self.num_image_tokens + 1 > seq.params.max_tokens:
+                return self._finish(seq, "length", seq.detokenizer.finish(), [])
+            seq.append(token)
+            self._start_image(seq)
+            return self._output(seq, [token], "", [logprob] if logprob is not None else [])
         seq.append(token)
         text = seq.detokenizer.push(token)
         lps = [logprob] if logprob is not None else []
@@ -167,7 +228,10 @@ class Engine:
         return self._output(seq, tokens, text, lps, error)
 
     def _output(self, seq: Sequence, tokens: list[int], text: str, lps: list, error: str | None = None) -> SequenceOutput:
+        images, seq.new_images = seq.new_images, []
         return SequenceOutput(
+            images=images,
+            num_image_tokens=seq.num_image_tokens,
             request_id=seq.request_id,
             token_ids=tokens,
             text=text,
@@ -184,13 +248,14 @@ class Engine:
         """Run prompts to completion (all at once, batched); results in prompt order."""
         params = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
-        results = {i: {"token_ids": [], "text": "", "logprobs": [], "finish_reason": None} for i in ids}
+        results = {i: {"token_ids": [], "text": "", "logprobs": [], "images": [], "finish_reason": None} for i in ids}
         while self.has_work():
             for out in self.step():
                 r = results[out.request_id]
                 r["token_ids"] += out.token_ids
                 r["text"] += out.text
                 r["logprobs"] += out.logprobs
+                r["images"] += out.images
                 r["finish_reason"] = out.finish_reason
         return [results[i] for i in ids]
 

@@ -48,6 +48,8 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
 
     def _embeddings(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Input rows: token embeddings, image-code embeddings (ids above the text vocabulary),
+        or precomputed prompt rows (prompts holding images)."""
         ids, parts = [], []
         for c in chunks:
             if c.seq.prompt_embeds is not None and c.start < len(c.seq.prompt_ids):
@@ -55,7 +57,12 @@ class ModelRunner:
                 ids.extend([0] * c.length)  # placeholder rows, overwritten below
             else:
                 ids.extend(c.seq.token_at(p) for p in range(c.start, c.end))
-        embeds = self.model.embed_tokens(torch.tensor(ids))
+        ids = torch.tensor(ids)
+        vocab = self.model.cfg.text.vocab_size
+        codes = ids >= vocab
+        embeds = self.model.embed_tokens(ids.clamp(max=vocab - 1))
+        if codes.any():
+            embeds[codes] = self.model.embed_image_codes(ids[codes] - vocab).to(embeds.dtype)
         for offset, rows in parts:
             embeds[offset : offset + rows.shape[0]] = rows.to(embeds.dtype)
         return embeds
@@ -109,3 +116,13 @@ class ModelRunner:
     @torch.inference_mode()
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.text_logits(hidden).float()
+
+    @torch.inference_mode()
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.image_logits(hidden).float()
+
+    @torch.inference_mode()
+    def decode_image(self, codes: list[int]) -> torch.Tensor:
+        """One image's codes -> uint8 pixels [S, S, 3] (one image per call: same bits always)."""
+        pixels = self.model.decode_image_codes(torch.tensor([codes]))[0].float()
+        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)

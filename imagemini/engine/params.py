@@ -24,6 +24,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()  # end the completion (finish_reason "stop"), not emitted
     banned_token_ids: tuple[int, ...] = ()  # never sampled (e.g. begin-of-image in text-only mode)
+    image_output: bool = False  # begin-of-image starts an image of the checkpoint's code count
+    guidance_scale: float = 5.0  # classifier-free guidance for image codes (1 = none)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -43,10 +45,15 @@ class SamplingParams:
         need(self.top_logprobs == 0 or self.logprobs, "top_logprobs requires logprobs")
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.seed is None or isinstance(self.seed, int), "seed must be an integer")
+        need(math.isfinite(self.guidance_scale) and 1.0 <= self.guidance_scale <= 20.0, "guidance_scale must be in [1, 20]")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.image_output and self.guidance_scale != 1.0
 
     @property
     def has_penalties(self) -> bool:

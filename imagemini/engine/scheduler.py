@@ -48,9 +48,10 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        if seq.kv is not None:
-            self.kv_cache.free(seq.kv)
-            seq.kv = None
+        for s in (seq, seq.cfg_partner):
+            if s is not None and s.kv is not None:
+                self.kv_cache.free(s.kv)
+                s.kv = None
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.config.max_num_seqs:
@@ -58,7 +59,10 @@ class Scheduler:
             if not self.kv_cache.can_allocate(seq.reserved_tokens):
                 break  # first come, first served: later requests do not overtake it
             self.waiting.popleft()
-            seq.kv = self.kv_cache.allocate(seq.reserved_tokens)
+            room = len(seq.prompt_ids) + seq.params.max_tokens
+            seq.kv = self.kv_cache.allocate(room)
+            if seq.cfg_partner is not None:
+                seq.cfg_partner.kv = self.kv_cache.allocate(room)
             seq.status = Status.RUNNING
             self.running.append(seq)
 
@@ -71,12 +75,26 @@ class Scheduler:
             start = seq.num_computed
             if start >= seq.num_tokens:
                 continue
-            if start >= len(seq.prompt_ids):  # decoding: one row, always
-                chunks.append(Chunk(seq, start, seq.num_tokens - start))
-                continue
-            end = min((start // chunk + 1) * chunk, len(seq.prompt_ids))
-            if prefill_rows and prefill_rows + end - start > self.config.max_prefill_rows:
-                continue
+            if start >= len(seq.prompt_ids):  # decoding: the new rows, always
+                end = seq.num_tokens
+            else:
+                end = min((start // chunk + 1) * chunk, len(seq.prompt_ids))
+                if prefill_rows and prefill_rows + end - start > self.config.max_prefill_rows:
+                    continue
+                prefill_rows += end - start
             chunks.append(Chunk(seq, start, end - start))
-            prefill_rows += end - start
+            if end == seq.num_tokens and seq.in_image and seq.cfg_partner is not None:
+                # The unconditional row must be ready in the same step as the conditional
+                # one: its context (re-filled at each image start) goes in whole.
+                chunks.extend(self._prefill_chunks(seq.cfg_partner, seq.cfg_partner.num_tokens))
         return chunks
+
+    def _prefill_chunks(self, seq: Sequence, upto: int) -> list[Chunk]:
+        """Rows num_computed..upto of `seq`, cut at the fixed chunk borders."""
+        chunk = self.config.prefill_chunk
+        out, start = [], seq.num_computed
+        while start < upto:
+            end = min((start // chunk + 1) * chunk, upto)
+            out.append(Chunk(seq, start, end - start))
+            start = end
+        return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import random
 import secrets
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ class SequenceOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     error: str | None = None
+    images: list[list[int]] = field(default_factory=list)  # image code grids completed in this delta
+    num_image_tokens: int = 0  # image codes generated so far (part of num_output_tokens)
 
 
 @dataclass(eq=False)
@@ -61,6 +64,12 @@ class Sequence:
     finish_reason: str | None = None
     aborted: bool = False
     token_counts: Counter = field(default_factory=Counter)
+    # Image output. Output ids at or above `code_offset` are image codes (code = id - offset).
+    code_offset: int = sys.maxsize
+    image_tokens_left: int = 0  # > 0 while an image is being drawn
+    cfg_partner: "Sequence | None" = None  # the unconditional row of classifier-free guidance
+    new_images: list[list[int]] = field(default_factory=list)
+    num_image_tokens: int = 0
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +83,21 @@ class Sequence:
 
     @property
     def reserved_tokens(self) -> int:
-        return len(self.prompt_ids) + self.params.max_tokens
+        """Cache room for a whole life; twice that with an unconditional partner for images."""
+        room = len(self.prompt_ids) + self.params.max_tokens
+        return room * 2 if self.params.uses_guidance else room
+
+    @property
+    def in_image(self) -> bool:
+        return self.image_tokens_left > 0
+
+    def current_image(self) -> list[int]:
+        codes = []
+        for token in reversed(self.output_ids):
+            if token < self.code_offset:
+                break
+            codes.append(token - self.code_offset)
+        return codes[::-1]
 
     def token_at(self, position: int) -> int:
         n = len(self.prompt_ids)
@@ -82,4 +105,7 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         self.output_ids.append(token_id)
-        self.token_counts[token_id] += 1
+        if token_id >= self.code_offset:
+            self.num_image_tokens += 1
+        else:
+            self.token_counts[token_id] += 1
