@@ -99,6 +99,9 @@ class Janus(nn.Module):
         """embeds [B, T, hidden] (left- or right-padded per attention_mask) -> [B, T, hidden]."""
         b, t, h = embeds.shape
         key_mask = attention_mask.bool() if attention_mask is not None else None
+        if key_mask is not None and bool((key_mask[:, 1:] <= key_mask[:, :-1]).all()):
+            # Right padding: causal attention never lets a real token see the padding after it.
+            key_mask = None
         if key_mask is not None:
             positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
         else:

@@ -143,9 +143,9 @@ class LlamaModel(nn.Module):
 def padded_causal_attend(batch: int, length: int, key_mask: torch.Tensor | None = None) -> Attend:
     """Attention for rows that are a [batch, length] grid flattened: causal, optionally with a
     [batch, length] bool mask of real (True) vs padding (False) keys."""
-    mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+    mask = None  # plain causal attention: the fast kernel
     if key_mask is not None:
-        mask = mask & key_mask[:, None, None, :]
+        mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None] & key_mask[:, None, None, :]
         # A fully padded query row would softmax over nothing; let it see itself instead.
         mask = mask | torch.eye(length, dtype=torch.bool)[None, None]
 
@@ -154,7 +154,9 @@ def padded_causal_attend(batch: int, length: int, key_mask: torch.Tensor | None 
         q4 = q.view(batch, length, heads, d).transpose(1, 2)
         k4 = k.view(batch, length, k.shape[1], d).transpose(1, 2)
         v4 = v.view(batch, length, v.shape[1], d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, enable_gqa=heads != k.shape[1])
+        out = F.scaled_dot_product_attention(
+            q4, k4, v4, attn_mask=mask, is_causal=mask is None, enable_gqa=heads != k.shape[1]
+        )
         return out.transpose(1, 2).reshape(batch * length, heads, d)
 
     return attend

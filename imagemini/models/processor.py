@@ -1,0 +1,120 @@
+"""From a chat with pictures to model inputs, by the checkpoint's own processor settings.
+
+    proc = Processor.from_dir("models/bundled")
+    pixels = proc.preprocess(pil_image)                 # [3, S, S] float, normalised
+    ids = proc.expand_images(token_ids)                 # each <image_placeholder> -> BOI + N placeholders + EOI
+
+Image preprocessing follows transformers' JanusImageProcessor (preprocessor_config.json):
+resize the longer side to `size` (bicubic, sides at least `min_size`), pad to a square with
+the mean colour, rescale to [0, 1], normalise with `image_mean` / `image_std`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import JanusConfig
+from .tokenizer import Tokenizer
+
+DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, transformers' default for Janus
+DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    size: int
+    image_mean: tuple[float, float, float] = DEFAULT_MEAN
+    image_std: tuple[float, float, float] = DEFAULT_STD
+    min_size: int = 14
+    resample: int = Image.Resampling.BICUBIC
+    do_pad: bool = True
+    do_normalize: bool = True
+
+    @classmethod
+    def from_dir(cls, path: str | Path, default_size: int) -> "ImageProcessorConfig":
+        file = Path(path) / "preprocessor_config.json"
+        d = json.loads(file.read_text()) if file.exists() else {}
+        size = d.get("size", default_size)
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge") or size.get("longest_edge") or default_size
+        return cls(
+            size=int(size),
+            image_mean=tuple(d.get("image_mean", DEFAULT_MEAN)),
+            image_std=tuple(d.get("image_std", DEFAULT_STD)),
+            min_size=int(d.get("min_size", 14)),
+            resample=int(d.get("resample", Image.Resampling.BICUBIC)),
+            do_pad=bool(d.get("do_pad", True)),
+            do_normalize=bool(d.get("do_normalize", True)),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "image_processor_type": "JanusImageProcessor",
+            "size": {"height": self.size, "width": self.size},
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "min_size": self.min_size,
+            "resample": self.resample,
+            "do_resize": True,
+            "do_pad": self.do_pad,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": self.do_normalize,
+            "do_convert_rgb": True,
+        }
+
+
+class Processor:
+    def __init__(self, cfg: JanusConfig, image_cfg: ImageProcessorConfig, tokenizer: Tokenizer) -> None:
+        self.cfg = cfg
+        self.image_cfg = image_cfg
+        self.tokenizer = tokenizer
+        self.num_image_tokens = cfg.vision.num_patches
+
+    @classmethod
+    def from_dir(cls, path: str | Path, tokenizer: Tokenizer | None = None) -> "Processor":
+        cfg = JanusConfig.from_dir(path)
+        image_cfg = ImageProcessorConfig.from_dir(path, cfg.vision.image_size)
+        return cls(cfg, image_cfg, tokenizer or Tokenizer.from_dir(path))
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        c = self.image_cfg
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = c.size / max(w, h)
+        new = (max(round(w * scale), c.min_size), max(round(h * scale), c.min_size))
+        if new != (w, h):
+            image = image.resize(new, resample=c.resample)
+        if c.do_pad and new[0] != new[1]:
+            side = max(new)
+            background = tuple(int(m * 255) for m in c.image_mean)
+            canvas = Image.new("RGB", (side, side), background)
+            canvas.paste(image, ((side - new[0]) // 2, (side - new[1]) // 2))
+            image = canvas
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        if c.do_normalize:
+            mean = torch.tensor(c.image_mean)[:, None, None]
+            std = torch.tensor(c.image_std)[:, None, None]
+            pixels = (pixels - mean) / std
+        return pixels
+
+    def expand_images(self, ids: list[int]) -> list[int]:
+        """Each image placeholder token becomes BOI + N placeholders + EOI, as Janus expects."""
+        s = self.tokenizer.special
+        out: list[int] = []
+        for token in ids:
+            if token == s.image:
+                out += [s.boi] + [s.image] * self.num_image_tokens + [s.eoi]
+            else:
+                out.append(token)
+        return out
+
+    def image_to_uint8(self, pixels: torch.Tensor) -> np.ndarray:
+        """VQ decoder output [3, S, S] in [-1, 1] -> uint8 [S, S, 3]."""
+        return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
