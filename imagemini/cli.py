@@ -71,6 +71,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(engine.generate([prompt], params)[0]["text"])
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from imagemini.train import lm, vq
+
+    runs = args.runs
+    if args.stage in ("vq", "all"):
+        vq.train_vq(runs / "vq", minutes=args.vq_minutes, seed=args.seed)
+    if args.stage in ("lm", "all"):
+        cfg = lm.TrainConfig(minutes=args.lm_minutes, seed=args.seed)
+        print(lm.train(runs / "lm", runs / "vq", cfg))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from imagemini.train.evaluate import evaluate
+
+    report = evaluate(args.model or default_model_dir(), args.n, args.out, seed=args.seed)
+    for key, value in report["scores"].items():
+        if not key.startswith("task:"):
+            print(f"{key:>22}: {value}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from imagemini.bench import text
 
@@ -97,6 +117,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train the bundled shapes-world model (resumable)")
+    p.add_argument("stage", choices=["vq", "lm", "all"], nargs="?", default="all")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="working directory of the stages")
+    p.add_argument("--vq-minutes", type=float, default=75.0, help="time budget of the image tokenizer stage")
+    p.add_argument("--lm-minutes", type=float, default=90.0, help="time budget of the whole-model stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score a checkpoint on held-out shapes-world chats")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--n", type=int, default=50, help="examples per task")
+    p.add_argument("--out", type=Path, default=Path("docs/eval"))
+    p.add_argument("--seed", type=int, default=1234)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)

@@ -244,10 +244,16 @@ class Engine:
         )
 
     # --- convenience for scripts and tests ---------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: list[SamplingParams] | SamplingParams) -> list[dict]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: list[SamplingParams] | SamplingParams,
+        prompt_embeds: list[torch.Tensor | None] | None = None,
+    ) -> list[dict]:
         """Run prompts to completion (all at once, batched); results in prompt order."""
         params = params if isinstance(params, list) else [params] * len(prompts)
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        embeds = prompt_embeds or [None] * len(prompts)
+        ids = [self.add_request(p, sp, prompt_embeds=e) for p, sp, e in zip(prompts, params, embeds)]
         results = {i: {"token_ids": [], "text": "", "logprobs": [], "images": [], "finish_reason": None} for i in ids}
         while self.has_work():
             for out in self.step():

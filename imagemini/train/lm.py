@@ -1,0 +1,358 @@
+"""Stage 2 of the bundled-model recipe: the whole Janus model on the shapes-world task mixture.
+
+    python -m imagemini.train.lm --vq runs/vq --out runs/lm --minutes 60
+
+Reads the trained image tokenizer (stage 1, `imagemini.train.vq`), trains a BPE on the task
+text, builds a fresh Janus network around the frozen VQ-VAE and trains everything else:
+- text loss (lm_head) on the last assistant turn of each chat, thought included;
+- image-code loss (generation_head) on images the assistant draws or edits, the codes being
+  the frozen VQ's encoding of the rendered target scene;
+- classifier-free-guidance dropout: 10% of drawing/editing chats lose their whole condition
+  (every token but BOS and begin-of-image becomes pad), exactly the unconditional row the
+  engine builds at inference, so guidance works.
+Fixed seeds, bf16 autocast, resumable (`last.pt`), a progress bar with loss and ETA, a time
+budget. `export()` writes a checkpoint that `transformers.JanusForConditionalGeneration` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from imagemini.models.config import JanusConfig
+from imagemini.models.janus import Janus
+from imagemini.models.processor import ImageProcessorConfig, Processor
+from imagemini.models.tokenizer import Tokenizer
+from imagemini.world import render
+from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text
+
+from . import tokenizer as tokenizer_stage
+
+IMAGE_SIZE = 64
+TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
+VISION = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=4, mlp_ratio=4.0)
+MAX_LENGTH = 1024
+UNCOND_RATE = 0.1
+GENERATION = {"guidance_scale": 3.0, "temperature": 0.7, "top_p": 0.9}  # image-code sampling defaults
+
+
+@dataclass
+class TrainConfig:
+    minutes: float = 60.0
+    batch_tokens: int = 12_000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    seed: int = 0
+    eval_every_minutes: float = 10.0
+    vocab_size: int = 2048
+
+
+def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int]) -> dict:
+    hidden = TEXT["hidden_size"]
+    grid = IMAGE_SIZE // VISION["patch_size"]
+    vq = {**vq_config, "model_type": "janus_vqgan", "projection_dim": hidden, "image_token_embed_dim": hidden}
+    return {
+        "architectures": ["JanusForConditionalGeneration"],
+        "model_type": "janus",
+        "image_token_id": special["image"],
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "llama", "vocab_size": vocab_size, **TEXT, "head_dim": hidden // TEXT["num_attention_heads"],
+            "max_position_embeddings": MAX_LENGTH, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+            "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
+            "tie_word_embeddings": False,
+        },
+        "vision_config": {
+            "model_type": "janus_vision_model", **VISION, "image_size": IMAGE_SIZE, "projection_dim": hidden,
+            "num_image_tokens": grid * grid, "depth": 2, "hidden_act": "gelu",
+        },
+        "vq_config": vq,
+    }
+
+
+# --- chats -> training sequences -------------------------------------------------------------
+@dataclass
+class Sample:
+    ids: list[int]  # text ids; image-code positions hold `code_offset + code`
+    loss_from: int  # first position whose token is a training target
+    user_images: list[ImageRef] = field(default_factory=list)
+    drawn_images: list[ImageRef] = field(default_factory=list)
+
+
+def _image_marker(role_of: dict[int, str]):
+    """User images become the understanding placeholder; drawn images an empty BOI EOI pair."""
+    return lambda ref: "<begin_of_image><end_of_image>" if role_of[id(ref)] == "assistant" else "<image_placeholder>"
+
+
+def build_sample(example: Example, proc: Processor) -> Sample | None:
+    tok = proc.tokenizer
+    role_of = {id(p): t.role for t in example.turns for p in t.parts if isinstance(p, ImageRef)}
+    refs = [(t.role, p) for t in example.turns for p in t.parts if isinstance(p, ImageRef)]
+    prompt, completion = prompt_and_completion(example, _image_marker(role_of))
+    prefix = proc.expand_images(tok.encode(prompt))
+    full = proc.expand_images(tok.encode(prompt + completion))
+    if full[: len(prefix)] != prefix:
+        return None  # a BPE merge across the prompt/answer border: skip rather than mis-train
+    # Make room for the codes of each drawn image: BOI EOI -> BOI <N codes> EOI.
+    s, n = tok.special, proc.cfg.vq.num_patches**2
+    ids: list[int] = []
+    for i, t in enumerate(full):
+        ids.append(t)
+        if t == s.boi and i + 1 < len(full) and full[i + 1] == s.eoi and i >= len(prefix) - 1:
+            ids += [-1] * n  # filled with codes at batch time
+    if len(ids) > MAX_LENGTH:
+        return None
+    return Sample(
+        ids, len(prefix),
+        user_images=[r for role, r in refs if role != "assistant"],
+        drawn_images=[r for role, r in refs if role == "assistant"],
+    )
+
+
+class Batcher:
+    """Renders images, VQ-encodes drawn targets and packs samples into padded tensors."""
+
+    def __init__(self, model: Janus, proc: Processor, rng: random.Random) -> None:
+        self.model, self.proc, self.rng = model, proc, rng
+        self.vocab = model.cfg.text.vocab_size
+        self.n_codes = model.cfg.vq.num_patches**2
+
+    def _pixels(self, refs: list[ImageRef]) -> torch.Tensor:
+        images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
+        return torch.stack([self.proc.preprocess(im) for im in images])
+
+    @torch.no_grad()
+    def _codes(self, refs: list[ImageRef]) -> torch.Tensor:
+        images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
+        pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images])
+        pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1.0
+        return self.model.model.vqmodel.encode(pixels)
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        s = self.proc.tokenizer.special
+        drawn = [r for smp in samples for r in smp.drawn_images]
+        codes = self._codes(drawn) if drawn else None
+        width = max(len(smp.ids) for smp in samples)
+        ids = torch.full((len(samples), width), s.pad, dtype=torch.long)
+        mask = torch.zeros(len(samples), width, dtype=torch.bool)
+        loss_mask = torch.zeros(len(samples), width, dtype=torch.bool)
+        user_refs: list[ImageRef] = []
+        k = 0
+        for b, smp in enumerate(samples):
+            row = list(smp.ids)
+            for i, t in enumerate(row):
+                if t == -1:
+                    start = i
+                    while i < len(row) and row[i] == -1:
+                        i += 1
+                    row[start:i] = (codes[k] + self.vocab).tolist()
+                    k += 1
+            if smp.drawn_images and self.rng.random() < UNCOND_RATE:
+                boi = row.index(s.boi, smp.loss_from - 1)
+                row = [t if (t in (s.bos, s.boi) or j >= boi) else s.pad for j, t in enumerate(row)]
+                loss_mask[b, boi + 1 : boi + 1 + self.n_codes] = True  # only the image is learnt here
+            else:
+                user_refs += smp.user_images
+                loss_mask[b, smp.loss_from : len(row)] = True
+            ids[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = True
+        pixels = self._pixels(user_refs) if user_refs else None
+        return {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": pixels}
+
+
+def loss_fn(model: Janus, batch: dict) -> tuple[torch.Tensor, dict]:
+    ids, mask, loss_mask = batch["ids"], batch["mask"], batch["loss_mask"]
+    vocab = model.cfg.text.vocab_size
+    is_code = ids >= vocab
+    embeds = model.embed_tokens(ids.clamp(max=vocab - 1))
+    if is_code.any():
+        embeds = embeds.clone()
+        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab).to(embeds.dtype)
+    if batch["pixels"] is not None:
+        features = model.encode_images(batch["pixels"]).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        placeholder = ids == model.cfg.image_token_id
+        embeds = embeds.masked_scatter(placeholder[..., None], features)
+    hidden = model.hidden_states(embeds, mask)[:, :-1]
+    targets, wanted = ids[:, 1:], loss_mask[:, 1:] & mask[:, 1:]
+    text_rows = wanted & (targets < vocab)
+    code_rows = wanted & (targets >= vocab)
+    text_loss = F.cross_entropy(model.text_logits(hidden[text_rows]).float(), targets[text_rows])
+    code_loss = (
+        F.cross_entropy(model.image_logits(hidden[code_rows]).float(), targets[code_rows] - vocab)
+        if code_rows.any() else hidden.new_zeros(())
+    )
+    n_text, n_code = int(text_rows.sum()), int(code_rows.sum())
+    loss = (text_loss * n_text + code_loss * n_code) / max(n_text + n_code, 1)
+    return loss, {"text": text_loss.item(), "image": code_loss.item()}
+
+
+# --- the run -------------------------------------------------------------------------------
+def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
+    """Tokenizer, configs and a freshly initialised network (with the trained VQ) in out/init."""
+    init = out / "init"
+    if (init / "config.json").exists():
+        return init
+    rng = random.Random(cfg.seed)
+    tok = tokenizer_stage.train_tokenizer((render_text(e) for e in generate(rng, 20_000)), cfg.vocab_size)
+    tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
+    loaded = Tokenizer.from_dir(init)
+    special = {k: getattr(loaded.special, k) for k in ("bos", "eos", "pad", "image", "boi", "eoi")}
+    vq_config = json.loads((vq_dir / "vq_config.json").read_text())
+    config = janus_config_dict(loaded.vocab_size, vq_config, special)
+    (init / "config.json").write_text(json.dumps(config, indent=2))
+    image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+    (init / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_dict(), indent=2))
+    (init / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
+        **GENERATION, "generation_kwargs": {"boi_token_id": special["boi"]},
+    }, indent=2))
+    torch.manual_seed(cfg.seed)
+    model = Janus(JanusConfig.from_dict(config))
+    vq_state = load_file(str(vq_dir / "vq.safetensors"))
+    model.model.vqmodel.load_state_dict(vq_state)
+    save_weights(model, init)
+    return init
+
+
+def save_weights(model: Janus, out: Path, dtype: torch.dtype = torch.float32) -> None:
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def batches(proc: Processor, rng: random.Random, cfg: TrainConfig):
+    """Endless stream of sample lists of about `batch_tokens` tokens (padded)."""
+    pending: list[Sample] = []
+    while True:
+        for example in generate(rng, 256):
+            sample = build_sample(example, proc)
+            if sample is None:
+                continue
+            pending.append(sample)
+            width = max(len(s.ids) for s in pending)
+            if width * len(pending) >= cfg.batch_tokens:
+                yield pending
+                pending = []
+
+
+def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    init = prepare_checkpoint_dir(out, vq_dir, cfg)
+    from imagemini.models.janus import load_janus
+
+    model = load_janus(init, torch.float32).train()
+    proc = Processor.from_dir(init)
+    for p in model.model.vqmodel.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+    step, elapsed_before = 0, 0.0
+    rng = random.Random(cfg.seed + 1)
+    if (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed_before = state["step"], state["elapsed"]
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+    batcher = Batcher(model, proc, rng)
+    budget = cfg.minutes * 60
+    start = time.monotonic()
+    est_total = max(step + 1, int(budget / 1.0))  # refined as we go
+    bar = tqdm(total=int(budget), unit="s", desc="lm", dynamic_ncols=True)
+    bar.update(int(elapsed_before))
+    log = open(out / "log.jsonl", "a")
+    last_save = time.monotonic()
+    for samples in batches(proc, rng, cfg):
+        elapsed = elapsed_before + time.monotonic() - start
+        if elapsed >= budget:
+            break
+        rate = step / elapsed if elapsed > 60 else None
+        if rate:
+            est_total = int(rate * budget)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, est_total, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, parts = loss_fn(model, batcher(samples))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.n = int(elapsed)
+        bar.set_postfix(step=step, loss=f"{loss.item():.3f}", text=f"{parts['text']:.3f}", image=f"{parts['image']:.3f}")
+        bar.refresh()
+        log.write(json.dumps({"step": step, "elapsed": round(elapsed, 1), "loss": loss.item(), **parts}) + "\n")
+        log.flush()
+        if time.monotonic() - last_save > 300:
+            _save_state(out, model, opt, step, elapsed, rng)
+            last_save = time.monotonic()
+    elapsed = elapsed_before + time.monotonic() - start
+    _save_state(out, model, opt, step, elapsed, rng)
+    bar.close()
+    return export(model, init, out / "checkpoint", {"steps": step, "train_minutes": round(elapsed / 60, 1)})
+
+
+def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: random.Random) -> None:
+    tmp = out / "last.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(out / "last.pt")
+
+
+def export(model: Janus, init: Path, dest: Path, info: dict) -> Path:
+    """A Hugging Face-format checkpoint directory with bf16 weights."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+                 "generation_config.json"):
+        shutil.copy(init / name, dest / name)
+    config = json.loads((dest / "config.json").read_text())
+    config["dtype"] = "bfloat16"
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    save_weights(model, dest, torch.bfloat16)
+    (dest / "training.json").write_text(json.dumps(info, indent=2))
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="train the bundled Janus model (stage 2)")
+    parser.add_argument("--vq", type=Path, default=Path("runs/vq"), help="stage-1 output (vq.safetensors)")
+    parser.add_argument("--out", type=Path, default=Path("runs/lm"))
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--batch-tokens", type=int, default=12_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed)
+    print(train(args.out, args.vq, cfg))
+
+
+if __name__ == "__main__":
+    main()
