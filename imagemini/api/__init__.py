@@ -1,0 +1,1 @@
+"""The HTTP layer: OpenAI/OpenRouter-compatible chat completions (see server.py)."""

@@ -1,7 +1,22 @@
-"""The HTTP application (placeholder until the full API lands): health and model list."""
+"""The HTTP application: OpenAI/OpenRouter-compatible chat completions over the engine.
+
+    app = create_app(model_dir, EngineConfig(), max_pending=256, api_keys=["sk-..."])
+    uvicorn.run(app)                  # what `imagemini serve` does
+
+Routes (each also under /api/v1, OpenRouter's prefix):
+    POST /v1/chat/completions         JSON, or Server-Sent Events with "stream": true
+    GET  /v1/models                   {"object": "list", "data": [model card]}
+    GET  /v1/models/{id}              the model card
+    GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
+
+The request contract is in schemas.py, the error shapes in errors.py, the limits in
+settings.py (IMAGEMINI_* environment variables).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -9,13 +24,40 @@ from fastapi import FastAPI
 from imagemini.engine.async_engine import AsyncEngine
 from imagemini.engine.engine import Engine, EngineConfig
 
+from . import errors
+from .routes import api_router, health_router
+from .settings import ServerSettings
+from .state import ServerState, on_shutdown_signal
 
-def create_app(model_dir: Path, config: EngineConfig, max_pending: int = 256, api_keys: list[str] | None = None) -> FastAPI:
-    engine = AsyncEngine(Engine.from_checkpoint(model_dir, config), max_pending=max_pending)
-    app = FastAPI(title="imagemini")
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "system_fingerprint": engine.engine.system_fingerprint}
+def create_app(
+    model_dir: Path,
+    config: EngineConfig,
+    max_pending: int = 256,
+    api_keys: list[str] | None = None,
+    *,
+    settings: ServerSettings | None = None,
+    engine: AsyncEngine | None = None,
+) -> FastAPI:
+    """`engine` replaces the one built from `model_dir` (tests inject a scripted one)."""
+    settings = settings or ServerSettings.from_env()
+    engine = engine or AsyncEngine(Engine.from_checkpoint(model_dir, config), max_pending=max_pending)
+    state = ServerState.build(Path(model_dir), engine, settings, api_keys)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.engine.start()
+        restore_signals = on_shutdown_signal(state.begin_drain)
+        try:
+            yield
+        finally:
+            restore_signals()
+            await state.finish_drain()
+
+    app = FastAPI(title="imagemini", version="0.1.0", lifespan=lifespan)
+    app.state.server = state
+    errors.install(app)
+    app.include_router(api_router, prefix="/v1")
+    app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
+    app.include_router(health_router)
     return app

@@ -1,0 +1,258 @@
+"""Running one chat completion on the engine and shaping what comes back: JSON or SSE chunks.
+
+    runs = ChoiceRuns(async_engine, prompt_ids, params, "chatcmpl-...")   # one engine request per choice
+    await runs.start()                                 # admitted, or EngineOverloaded / ValueError
+    completion = await complete(runs, ctx)             # non-stream: a ChatCompletion
+    async for event in stream_events(runs, ctx): ...   # stream: "data: {chunk}\\n\\n" ... "data: [DONE]\\n\\n"
+
+Both paths read the same engine deltas, so a stream and a non-stream request with the same
+seed carry the same text, tokens and logprobs. The stream is: one role chunk per choice,
+content chunks, one finish chunk per choice, then ALWAYS one usage chunk with `choices: []`
+(OpenRouter; it also satisfies OpenAI's stream_options.include_usage), then `[DONE]`. A
+failure after the stream started is a last chunk with `error` and `finish_reason: "error"`;
+the stream then ends without usage or `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from imagemini.engine.async_engine import AsyncEngine, EngineOverloaded
+from imagemini.engine.params import SamplingParams
+from imagemini.engine.sequence import SequenceOutput
+from imagemini.engine.sequence import TokenLogprob as EngineLogprob
+from imagemini.models.tokenizer import Tokenizer
+
+from .errors import APIError, bad_request, internal_error, overloaded
+from .model_card import LoadedCard
+from .schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ErrorDetail,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+# Tasks must be referenced until they finish (the event loop keeps only weak references).
+_live_tasks: set[asyncio.Task] = set()
+
+
+class ChoiceRuns:
+    """The n engine requests of one chat completion, merged into one stream of (choice, delta)."""
+
+    def __init__(self, engine: AsyncEngine, prompt_ids: list[int], params: list[SamplingParams], request_id: str) -> None:
+        self._engine = engine
+        self._prompt_ids = prompt_ids
+        self._params = params
+        self._request_id = request_id
+        self._queue: asyncio.Queue[tuple[int, SequenceOutput | Exception]] = asyncio.Queue()
+        self._refused: list[Exception] = []
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def n(self) -> int:
+        return len(self._params)
+
+    async def start(self) -> None:
+        """Submit every choice. Raises the engine's refusal (all choices then withdrawn)."""
+        for index, params in enumerate(self._params):
+            task = asyncio.create_task(self._pump(index, params))
+            _live_tasks.add(task)
+            task.add_done_callback(_live_tasks.discard)
+            self._tasks.append(task)
+        # Each pump runs up to its first real wait in the next loop turn, and the engine admits
+        # or refuses synchronously on that path: after one turn every verdict is in.
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            self.cancel()
+            raise
+        if self._refused:
+            self.cancel()
+            raise self._refused[0]
+
+    async def _pump(self, index: int, params: SamplingParams) -> None:
+        try:
+            async for out in self._engine.generate(self._prompt_ids, params, f"{self._request_id}-{index}"):
+                self._queue.put_nowait((index, out))
+        except Exception as exc:  # EngineOverloaded, ValueError (refused), or a bug
+            self._refused.append(exc)
+            self._queue.put_nowait((index, exc))
+
+    async def outputs(self) -> AsyncIterator[tuple[int, SequenceOutput]]:
+        """Deltas of all choices as they come, until every choice has finished."""
+        unfinished = self.n
+        while unfinished:
+            index, item = await self._queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield index, item
+            if item.finished:
+                unfinished -= 1
+
+    def cancel(self) -> None:
+        """Withdraw every choice: leaving the engine's generator aborts it and frees its KV cache."""
+        for task in self._tasks:
+            task.cancel()
+
+
+@dataclass(frozen=True)
+class ResponseContext:
+    """What every object of one response shares."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+    prompt_tokens: int
+    logprobs: bool
+    tokenizer: Tokenizer
+    card: LoadedCard
+
+
+@dataclass
+class ChoiceResult:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[EngineLogprob] = field(default_factory=list)
+    num_output_tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+
+    def add(self, out: SequenceOutput) -> None:
+        self.text.append(out.text)
+        self.logprobs.extend(out.logprobs)
+        self.num_output_tokens = out.num_output_tokens
+        self.finish_reason = out.finish_reason
+        self.error = out.error
+
+
+# --- shaping ---------------------------------------------------------------------------------------
+def logprob_entries(tokenizer: Tokenizer, logprobs: list[EngineLogprob]) -> list[TokenLogprob]:
+    def top(token_id: int, logprob: float) -> TopLogprob:
+        return TopLogprob(token=tokenizer.token_text(token_id), logprob=logprob, bytes=list(tokenizer.token_bytes(token_id)))
+
+    return [
+        TokenLogprob(**top(lp.token_id, lp.logprob).model_dump(), top_logprobs=[top(t, v) for t, v in lp.top])
+        for lp in logprobs
+    ]
+
+
+def usage(ctx: ResponseContext, completion_tokens: int) -> Usage:
+    # Prompt tokens count once whatever n is, as OpenAI bills them.
+    return Usage(
+        prompt_tokens=ctx.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=ctx.prompt_tokens + completion_tokens,
+        cost=ctx.card.cost(ctx.prompt_tokens, completion_tokens),
+    )
+
+
+def failure(finish_reason: str | None, message: str | None, retry_after_s: int) -> APIError:
+    """An engine-side end that is not a completion: abort (shutdown) or error."""
+    if finish_reason == "abort":
+        error = overloaded("The server is shutting down; the request was ended before it finished.", retry_after_s)
+        error.code = "server_shutting_down"
+        return error
+    return internal_error(message)  # the engine's messages are generic ("internal error in ...")
+
+
+def refusal(exc: Exception, retry_after_s: int) -> APIError:
+    """The engine refused a request at admission: queue full / shutting down, or a bad request."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineOverloaded):
+        return overloaded(f"The server is overloaded ({exc}); retry later.", retry_after_s)
+    if isinstance(exc, ValueError):
+        return bad_request(str(exc))
+    return internal_error()
+
+
+# --- non-stream ------------------------------------------------------------------------------------
+async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 1) -> ChatCompletion:
+    results = [ChoiceResult() for _ in range(runs.n)]
+    try:
+        async with contextlib.aclosing(runs.outputs()) as outputs:
+            async for index, out in outputs:
+                results[index].add(out)
+                if out.finish_reason in ("abort", "error"):
+                    raise failure(out.finish_reason, out.error, retry_after_s)
+    except (EngineOverloaded, ValueError) as exc:  # a choice refused late (a race at admission)
+        raise refusal(exc, retry_after_s) from None
+    finally:
+        runs.cancel()
+    choices = [
+        Choice(
+            index=i,
+            message=AssistantMessage(content="".join(r.text)),
+            logprobs=ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, r.logprobs)) if ctx.logprobs else None,
+            finish_reason=r.finish_reason,
+        )
+        for i, r in enumerate(results)
+    ]
+    return ChatCompletion(
+        id=ctx.id,
+        created=ctx.created,
+        model=ctx.model,
+        system_fingerprint=ctx.system_fingerprint,
+        choices=choices,
+        usage=usage(ctx, sum(r.num_output_tokens for r in results)),
+    )
+
+
+# --- stream ----------------------------------------------------------------------------------------
+def _chunk(ctx: ResponseContext, choices: list[ChunkChoice], **extra) -> str:
+    chunk = ChatCompletionChunk(
+        id=ctx.id, created=ctx.created, model=ctx.model, system_fingerprint=ctx.system_fingerprint, choices=choices, **extra
+    )
+    return f"data: {chunk.model_dump_json()}\n\n"
+
+
+def _delta_chunks(ctx: ResponseContext, index: int, out: SequenceOutput) -> list[str]:
+    chunks = []
+    if out.text or out.logprobs:
+        logprobs = ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, out.logprobs)) if ctx.logprobs else None
+        chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(content=out.text), logprobs=logprobs)]))
+    if out.finish_reason in ("stop", "length"):
+        chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(), finish_reason=out.finish_reason)]))
+    return chunks
+
+
+def _error_chunk(ctx: ResponseContext, index: int, error: APIError) -> str:
+    detail = ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+    return _chunk(ctx, [ChunkChoice(index=index, delta=Delta(content=""), finish_reason="error")], error=detail)
+
+
+async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 1) -> AsyncIterator[str]:
+    """SSE events of one completion. Closing this generator (client gone) withdraws every choice."""
+    completion_tokens = [0] * runs.n
+    try:
+        for index in range(runs.n):
+            yield _chunk(ctx, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        async with contextlib.aclosing(runs.outputs()) as outputs:
+            async for index, out in outputs:
+                completion_tokens[index] = out.num_output_tokens
+                for event in _delta_chunks(ctx, index, out):
+                    yield event
+                if out.finish_reason in ("abort", "error"):
+                    yield _error_chunk(ctx, index, failure(out.finish_reason, out.error, retry_after_s))
+                    return
+        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens)))
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # a choice refused after the stream began (a race at admission), or a bug
+        if not isinstance(exc, (EngineOverloaded, ValueError)):
+            log.exception("stream %s failed", ctx.id)
+        yield _error_chunk(ctx, 0, refusal(exc, retry_after_s))
+    finally:
+        runs.cancel()

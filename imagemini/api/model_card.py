@@ -1,0 +1,147 @@
+"""The model card of the loaded checkpoint (GET /v1/models) and the prices usage.cost comes from.
+
+    card = load_card(model_dir, context_length=4096, max_sequence_tokens=4096)
+    card.matches("tiny-janus")            # which request `model` values name this model
+    card.cost(prompt_tokens=10, completion_tokens=5)
+
+`model_card.json` beside the weights is optional; every key has a default:
+
+    {
+      "id": "imagemini/shapes-mini",            default "imagemini/<checkpoint dir name>"
+      "name": "...", "description": "...",
+      "owned_by": "imagemini",
+      "created": 1764115200,                    default: mtime of model.safetensors
+      "tokenizer": "Other",
+      "input_modalities": ["text", "image"],    what the checkpoint can take / make;
+      "output_modalities": ["text", "image"],   the card shows only what the server serves today
+      "pricing_usd_per_million_tokens": {"prompt": 2.5, "completion": 2.0,
+                                         "internal_reasoning": <completion>, "image_output": <completion>},
+      "pricing_usd_per_image": 0, "pricing_usd_per_request": 0
+    }
+
+Model id rule: a request's `model` must be the card's `id` exactly, or its last path segment
+(`tiny-janus` for `imagemini/tiny-janus`); responses always carry the full id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .schemas import Architecture, ModelCard, Pricing, TopProvider
+
+# What the HTTP layer can carry today (text only): the card never claims more than this.
+SERVED_INPUT_MODALITIES = ("text",)
+SERVED_OUTPUT_MODALITIES = ("text",)
+
+# EXACTLY the sampling parameters this server honours now, in OpenRouter's vocabulary.
+# Transport fields that every request may carry (model, messages, stream, stream_options,
+# user) are not listed, as on OpenRouter.
+SUPPORTED_PARAMETERS = [
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "n",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "temperature",
+    "top_logprobs",
+    "top_p",
+]
+
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per token (Decimal, exact), per input image and per request."""
+
+    prompt: Decimal
+    completion: Decimal
+    internal_reasoning: Decimal
+    image_output: Decimal
+    image: Decimal
+    request: Decimal
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> "Prices":
+        per_million = card.get("pricing_usd_per_million_tokens", {})
+        prompt = Decimal(str(per_million.get("prompt", 2.5))) / MILLION
+        completion = Decimal(str(per_million.get("completion", 2.0))) / MILLION
+        other = {k: Decimal(str(per_million[k])) / MILLION for k in ("internal_reasoning", "image_output") if k in per_million}
+        return cls(
+            prompt=prompt,
+            completion=completion,
+            internal_reasoning=other.get("internal_reasoning", completion),
+            image_output=other.get("image_output", completion),
+            image=Decimal(str(card.get("pricing_usd_per_image", 0))),
+            request=Decimal(str(card.get("pricing_usd_per_request", 0))),
+        )
+
+    def pricing(self) -> Pricing:
+        return Pricing(**{k: _usd(getattr(self, k)) for k in Pricing.model_fields if hasattr(self, k)})
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0) -> float:
+        text_tokens = completion_tokens - reasoning_tokens - image_tokens
+        total = (
+            self.request
+            + prompt_tokens * self.prompt
+            + text_tokens * self.completion
+            + reasoning_tokens * self.internal_reasoning
+            + image_tokens * self.image_output
+        )
+        return float(total)
+
+
+def _usd(value: Decimal) -> str:
+    """OpenRouter writes prices as plain decimal strings: '0.0000025', never '2.5E-6'."""
+    return format(value.normalize(), "f") if value else "0"
+
+
+@dataclass(frozen=True)
+class LoadedCard:
+    card: ModelCard
+    prices: Prices
+
+    @property
+    def id(self) -> str:
+        return self.card.id
+
+    def matches(self, model: str) -> bool:
+        return model == self.card.id or model == self.card.id.rsplit("/", 1)[-1]
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.prices.cost(prompt_tokens, completion_tokens)
+
+
+def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) -> LoadedCard:
+    model_dir = Path(model_dir).resolve()
+    path = model_dir / "model_card.json"
+    raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    prices = Prices.from_card(raw)
+    inputs = [m for m in raw.get("input_modalities", ["text", "image"]) if m in SERVED_INPUT_MODALITIES]
+    outputs = [m for m in raw.get("output_modalities", ["text", "image"]) if m in SERVED_OUTPUT_MODALITIES]
+    card = ModelCard(
+        id=raw.get("id", f"imagemini/{model_dir.name}"),
+        created=int(raw.get("created", (model_dir / "model.safetensors").stat().st_mtime)),
+        owned_by=raw.get("owned_by", "imagemini"),
+        name=raw.get("name", f"imagemini: {model_dir.name}"),
+        description=raw.get("description", f"Janus-format multimodal checkpoint '{model_dir.name}' served by imagemini."),
+        context_length=context_length,
+        architecture=Architecture(
+            input_modalities=inputs,
+            output_modalities=outputs,
+            modality=f"{'+'.join(inputs)}->{'+'.join(outputs)}",
+            tokenizer=raw.get("tokenizer", "Other"),
+        ),
+        pricing=prices.pricing(),
+        supported_parameters=list(SUPPORTED_PARAMETERS),
+        top_provider=TopProvider(context_length=max_sequence_tokens, max_completion_tokens=max_sequence_tokens - 1),
+    )
+    return LoadedCard(card, prices)

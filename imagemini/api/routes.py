@@ -1,0 +1,186 @@
+"""The HTTP routes: chat completions, models, health.
+
+`api_router` is mounted twice, at /v1 (OpenAI) and /api/v1 (OpenRouter); `/health` sits at the
+root and needs no key. The chat route reads its body itself (size limit, content type, JSON)
+instead of letting FastAPI parse it, so that every problem is an OpenAI-shaped 400/413 with
+the right `param`, never a 422.
+
+Content type: POST bodies must be `application/json` (or `+json`); anything else, or none,
+is a 400 `invalid_content_type` (OpenAI answers request problems with 400, and the SDK then
+raises BadRequestError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from .chat import prompt_ids
+from .completions import ChoiceRuns, ResponseContext, complete, refusal, stream_events
+from .errors import APIError, bad_request, from_validation_error
+from .sampling import check_request, choice_params, completion_budget
+from .schemas import ChatCompletionRequest, ModelList
+from .state import ServerState
+
+T = TypeVar("T")
+
+
+def server(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+async def require_key(request: Request) -> None:
+    server(request).check_key(request.headers.get("authorization"))
+
+
+api_router = APIRouter(dependencies=[Depends(require_key)])
+health_router = APIRouter()
+
+
+# --- body -----------------------------------------------------------------------------------------
+async def read_json_body(request: Request, limit: int) -> Any:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise bad_request(
+            f"Content-Type must be application/json (got {media_type or 'none'})", code="invalid_content_type"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise _too_large(limit)
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+
+
+def parse_chat_request(data: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, data) from None
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def ignored_fields_header(data: dict[str, Any]) -> dict[str, str]:
+    """Unknown top-level fields are ignored; say which, so a typo is visible to the caller."""
+    ignored = sorted(k for k in data if k not in ChatCompletionRequest.model_fields and _NAME.match(k))
+    return {"X-Imagemini-Ignored-Fields": ",".join(ignored[:32])} if ignored else {}
+
+
+# --- chat completions --------------------------------------------------------------------------------
+@api_router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    state = server(request)
+    data = await read_json_body(request, state.settings.max_body_bytes)
+    chat = parse_chat_request(data)
+    runs, ctx = await start_completion(state, chat)
+    # Safety net: however this request's task ends (response sent, client gone before the stream
+    # began, cancelled at shutdown), no choice keeps running in the engine for nobody.
+    asyncio.current_task().add_done_callback(lambda _: runs.cancel())
+    headers = ignored_fields_header(data)
+    retry_after = state.settings.retry_after_s
+    if chat.stream:
+        headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream_events(runs, ctx, retry_after), media_type="text/event-stream", headers=headers)
+    result = await unless_disconnected(request, complete(runs, ctx, retry_after), runs)
+    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> tuple[ChoiceRuns, ResponseContext]:
+    """Check the request against this checkpoint, then submit every choice to the engine."""
+    check_request(chat)
+    if not state.card.matches(chat.model):
+        raise model_not_found(chat.model, param="model")
+    tokenizer = state.engine.engine.tokenizer
+    ids = prompt_ids(chat.messages, tokenizer)
+    params = choice_params(chat, completion_budget(chat, len(ids), state.limits), state.limits)
+    state.check_capacity(len(params))
+    ctx = ResponseContext(
+        id=f"chatcmpl-{secrets.token_hex(12)}",
+        created=int(time.time()),
+        model=state.card.id,
+        system_fingerprint=state.engine.engine.system_fingerprint,
+        prompt_tokens=len(ids),
+        logprobs=bool(chat.logprobs),
+        tokenizer=tokenizer,
+        card=state.card,
+    )
+    runs = ChoiceRuns(state.engine, ids, params, ctx.id)
+    try:
+        await runs.start()
+    except Exception as exc:
+        raise refusal(exc, state.settings.retry_after_s) from None
+    return runs, ctx
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T], runs: ChoiceRuns) -> T:
+    """Await `work`, but withdraw the request if the client hangs up first (its KV is freed)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise APIError(499, "Client closed the request.", code="client_closed_request")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            runs.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# --- models ---------------------------------------------------------------------------------------
+def model_not_found(model: str, param: str | None = None) -> APIError:
+    return APIError(404, f"The model '{model}' does not exist on this server.", param=param, code="model_not_found")
+
+
+@api_router.get("/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse(ModelList(data=[server(request).card.card]).model_dump(mode="json"))
+
+
+@api_router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    card = server(request).card
+    if not card.matches(model_id):
+        raise model_not_found(model_id)
+    return JSONResponse(card.card.model_dump(mode="json"))
+
+
+# --- health ---------------------------------------------------------------------------------------
+@health_router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    state = server(request)
+    return JSONResponse(state.health(), status_code=503 if state.draining else 200)

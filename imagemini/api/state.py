@@ -1,0 +1,135 @@
+"""What the routes share: the engine, the model card, the limits, and the server's lifecycle.
+
+    state = ServerState.build(model_dir, async_engine, settings, api_keys)
+    app.state.server = state          # routes read it from request.app.state.server
+
+Shutdown: `begin_drain()` (on SIGTERM/SIGINT) stops new requests (503 + Retry-After) and gives
+running ones `settings.shutdown_grace_s` to finish; the engine then aborts the rest, which
+ends their streams with an error chunk (and non-streams with 503) instead of a cut connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagemini.engine.async_engine import AsyncEngine
+
+from .errors import APIError, overloaded
+from .model_card import LoadedCard, load_card
+from .sampling import Limits
+from .settings import ServerSettings
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    card: LoadedCard
+    limits: Limits
+    settings: ServerSettings
+    api_keys: tuple[str, ...] = ()
+    draining: bool = False
+    _drain_task: asyncio.Task | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None) -> "ServerState":
+        core = engine.engine
+        tokenizer = core.tokenizer
+        max_sequence = min(core.context_length, core.kv_cache.budget_tokens)
+        # Text-only mode: no image span can start, so no image placeholder/end can follow either.
+        banned = tuple(t for t in (tokenizer.special.boi, tokenizer.special.eoi, tokenizer.special.image) if t is not None)
+        limits = Limits(
+            max_sequence_tokens=max_sequence,
+            default_max_tokens=settings.default_max_tokens,
+            vocab_size=tokenizer.vocab_size,
+            banned_token_ids=banned,
+        )
+        card = load_card(model_dir, core.context_length, max_sequence)
+        return cls(engine, card, limits, settings, tuple(api_keys or ()))
+
+    # --- per request ------------------------------------------------------------------------------
+    def check_key(self, authorization: str | None) -> None:
+        if not self.api_keys:
+            return
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+        if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys):
+            raise _unauthorized("Incorrect API key provided.")
+
+    def check_capacity(self, n: int) -> None:
+        """Refuse up front what the engine would refuse, so n choices are admitted all or none."""
+        if self.draining:
+            raise overloaded("The server is shutting down.", self.settings.retry_after_s)
+        pending, limit = self.engine.num_pending, self.engine.max_pending
+        if pending + n > limit:
+            raise overloaded(
+                f"The server is at capacity ({pending} requests in flight, limit {limit}); retry later.",
+                self.settings.retry_after_s,
+            )
+
+    def health(self) -> dict[str, Any]:
+        core = self.engine.engine
+        return {
+            "status": "draining" if self.draining else "ok",
+            "model": self.card.id,
+            "system_fingerprint": core.system_fingerprint,
+            "pending": self.engine.num_pending,  # requests in flight (queued + running)
+            "max_pending": self.engine.max_pending,
+            "running": len(core.scheduler.running),
+            "waiting": len(core.scheduler.waiting),
+            "kv_cache": {"used_tokens": core.kv_cache.used_tokens, "budget_tokens": core.kv_cache.budget_tokens},
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        if self._drain_task is None:
+            self.draining = True
+            self._drain_task = asyncio.ensure_future(self.engine.shutdown(self.settings.shutdown_grace_s))
+
+    async def finish_drain(self) -> None:
+        self.begin_drain()
+        await self._drain_task
+
+
+def _unauthorized(message: str) -> APIError:
+    return APIError(
+        401, message, type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def on_shutdown_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` on the event loop when SIGTERM/SIGINT arrives, then the server's own handler.
+
+    uvicorn waits for open connections before it tells the app (lifespan) to stop, so the app
+    must hear the signal itself to end long streams cleanly within the graceful timeout. Only
+    a Python-level handler (uvicorn's) is chained; without one nothing is installed. Returns a
+    function that restores the previous handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old = signal.getsignal(sig)
+        if not callable(old) or old is signal.default_int_handler:
+            continue
+
+        def handler(signum: int, frame: Any, old: Callable = old) -> None:
+            loop.call_soon_threadsafe(callback)
+            old(signum, frame)
+
+        previous[sig] = old
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
