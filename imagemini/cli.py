@@ -92,13 +92,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from imagemini.bench import text
+    import importlib
 
-    text.main(args)
+    importlib.import_module(f"imagemini.bench.{args.bench}").main(args)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="imagemini", description="Janus models behind the OpenAI API")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -141,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--max-tokens", type=int, default=128)
     t.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     t.set_defaults(func=cmd_bench)
+    h = bench.add_parser("http", help="tokens/s streamed through the HTTP server vs the engine alone")
+    h.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
+    h.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    h.add_argument("--max-tokens", type=int, default=128)
+    h.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    h.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:

@@ -240,19 +240,23 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def batches(proc: Processor, rng: random.Random, cfg: TrainConfig):
-    """Endless stream of sample lists of about `batch_tokens` tokens (padded)."""
-    pending: list[Sample] = []
+def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches: int = 8):
+    """Endless stream of sample lists of about `batch_tokens` tokens (padded). Samples are drawn
+    in pools of several batches and sorted by length first, so little compute goes to padding."""
     while True:
-        for example in generate(rng, 256):
-            sample = build_sample(example, proc)
-            if sample is None:
-                continue
-            pending.append(sample)
-            width = max(len(s.ids) for s in pending)
-            if width * len(pending) >= cfg.batch_tokens:
-                yield pending
-                pending = []
+        pool: list[Sample] = []
+        while sum(len(s.ids) for s in pool) < pool_batches * cfg.batch_tokens:
+            pool += [s for s in (build_sample(e, proc) for e in generate(rng, 64)) if s is not None]
+        pool.sort(key=lambda s: len(s.ids))
+        groups, current = [], []
+        for sample in pool:
+            if current and len(sample.ids) * (len(current) + 1) > cfg.batch_tokens:
+                groups.append(current)
+                current = []
+            current.append(sample)
+        groups.append(current)
+        rng.shuffle(groups)
+        yield from groups
 
 
 def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:

@@ -1,0 +1,92 @@
+"""`imagemini bench http`: tokens streamed through the HTTP server vs the engine alone.
+
+Same checkpoint, same prompts, same token counts. The engine figure is measured in this
+process with `Engine.generate`; the HTTP figure starts `imagemini serve` as a subprocess and
+streams `c` concurrent chat completions through it with httpx (SSE parsed as a client would),
+counting tokens from the final usage chunk. The ratio is what the HTTP layer costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from imagemini.bench.text import PROMPTS, _prompts, bench_engine
+from imagemini.engine.engine import Engine, EngineConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(args: argparse.Namespace) -> None:
+    path = args.model
+    if path is None:
+        from imagemini.models import random_fixture
+
+        path = random_fixture.build(Path.home() / ".cache" / "imagemini" / "random-fixture-small", size="small")
+    engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
+    eos = engine.tokenizer.special.eos
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", args.dtype],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                models = httpx.get(f"{base}/v1/models", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        model_id = models["data"][0]["id"]
+        print(f"checkpoint {path}  dtype {args.dtype}  new tokens/request {args.max_tokens}")
+        print(f"{'concurrency':>11} {'engine tok/s':>13} {'http tok/s':>11} {'http/engine':>12}")
+        for c in args.concurrency:
+            # The engine alone runs while the idle server waits: same machine load for both.
+            alone = bench_engine(engine, _prompts(engine, c), args.max_tokens)
+            http = asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id))
+            print(f"{c:>11} {alone:>13.1f} {http:>11.1f} {http / alone:>11.0%}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, model_id: str) -> float:
+    url = f"{base}/v1/chat/completions"
+
+    async def one(client, prompt, n):
+        body = {
+            "model": model_id, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_completion_tokens": n, "temperature": 0, "logit_bias": {str(eos): -100},
+        }
+        tokens = 0
+        async with client.stream("POST", url, json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+        return tokens
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        await one(client, PROMPTS[0], 4)
+        start = time.perf_counter()
+        counts = await asyncio.gather(*[one(client, PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(concurrency)])
+        elapsed = time.perf_counter() - start
+    if not all(c == max_tokens for c in counts):
+        raise RuntimeError(f"streams returned {counts} tokens, expected {max_tokens} each")
+    return sum(counts) / elapsed
