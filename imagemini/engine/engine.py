@@ -42,7 +42,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class EngineConfig:
     dtype: str = "bfloat16"
     kv_budget_tokens: int = 65536
-    row_tile: int = 16
+    row_tile: int = 8
     scheduler: SchedulerConfig = SchedulerConfig()
 
     def __post_init__(self) -> None:

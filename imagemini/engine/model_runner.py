@@ -40,7 +40,7 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor)
 
 
 class ModelRunner:
-    def __init__(self, model: Janus, row_tile: int = 16) -> None:
+    def __init__(self, model: Janus, row_tile: int = 8) -> None:
         self.model = model
         self.row_tile = row_tile
         model.model.language_model.fuse()
