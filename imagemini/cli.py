@@ -2,6 +2,7 @@
 
     imagemini serve [--model DIR] [--host H] [--port P]     the OpenAI-compatible server
     imagemini generate "prompt" [--model DIR] [...]          one completion, printed
+    imagemini generate "draw ..." --out picture.png          ... that starts with an image, saved
     imagemini bench text [--concurrency 1 8] [...]           decode speed vs transformers
 """
 
@@ -55,8 +56,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from imagemini.api.server import create_app
 
+    from dataclasses import replace
+
+    from imagemini.api.settings import ServerSettings
+
     model_dir = args.model or default_model_dir()
-    app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key)
+    settings = ServerSettings.from_env()
+    if args.allow_image_urls:
+        settings = replace(settings, allow_image_urls=True)
+    if args.allow_private_urls:
+        settings = replace(settings, allow_private_urls=True)
+    app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key, settings=settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=15)
 
 
@@ -64,11 +74,48 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from imagemini.engine.engine import Engine
     from imagemini.engine.params import SamplingParams
 
-    engine = Engine.from_checkpoint(args.model or default_model_dir(), _engine_config(args))
+    model_dir = args.model or default_model_dir()
+    engine = Engine.from_checkpoint(model_dir, _engine_config(args))
     tok = engine.tokenizer
     prompt = tok.encode(tok.render_chat([{"role": "user", "content": args.prompt}], add_generation_prompt=True))
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    print(engine.generate([prompt], params)[0]["text"])
+    if args.out is None:
+        temperature = 0.0 if args.temperature is None else args.temperature
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=temperature, seed=args.seed)
+        print(engine.generate([prompt], params)[0]["text"])
+        return
+    _generate_image(engine, model_dir, prompt, args)
+
+
+def _generate_image(engine, model_dir: Path, prompt: list[int], args: argparse.Namespace) -> None:
+    """As `modalities: ["image"]` on the server: the answer starts with an image; each image the
+    answer holds is saved (OUT, then OUT-2.png, ...); text after it is printed."""
+    from imagemini.api.encoder import ImageWriter
+    from imagemini.api.state import image_output
+    from imagemini.engine.params import SamplingParams
+
+    image = image_output(model_dir, engine, enabled=engine.tokenizer.special.boi is not None)
+    if not image.enabled:
+        raise ValueError("this checkpoint cannot generate images (its tokenizer has no begin-of-image token)")
+    params = SamplingParams(
+        max_tokens=max(args.max_tokens, image.num_tokens + 1),
+        temperature=args.temperature if args.temperature is not None else (image.temperature if image.temperature is not None else 1.0),
+        top_p=image.top_p if image.top_p is not None else 1.0,
+        seed=args.seed,
+        image_output=True,
+        guidance_scale=args.guidance_scale if args.guidance_scale is not None else image.guidance_scale,
+        banned_token_ids=tuple(t for t in (engine.tokenizer.special.eoi, engine.tokenizer.special.image) if t is not None),
+    )
+    result = engine.generate([prompt + list(image.start_ids)], params)[0]
+    writer = ImageWriter(engine.runner)
+    out: Path = args.out
+    for i, codes in enumerate(result["images"]):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}")
+        path.write_bytes(writer.png(codes))
+        print(f"saved {path} ({image.resolution}x{image.resolution})", file=sys.stderr)
+    if not result["images"]:
+        print("imagemini: no image was generated", file=sys.stderr)
+    if result["text"].strip():
+        print(result["text"])
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -109,14 +156,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-pending", type=int, default=256, help="requests in flight before 503")
     p.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
+    p.add_argument("--allow-image-urls", action="store_true",
+                   help="fetch http(s) image/file URLs of requests (off: only data: URLs); IMAGEMINI_ALLOW_IMAGE_URLS")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="with --allow-image-urls: also loopback/private/link-local addresses; IMAGEMINI_ALLOW_PRIVATE_URLS")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("generate", help="print one completion")
     _engine_args(p)
     p.add_argument("prompt")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=64, help="with --out: raised to fit one image")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default 0 (greedy) for text; with --out the checkpoint's image default")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="draw: the answer starts with an image, saved here as PNG")
+    p.add_argument("--guidance-scale", type=float, default=None, help="with --out: classifier-free guidance (1 = none)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train the bundled shapes-world model (resumable)")
@@ -148,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--max-tokens", type=int, default=128)
     h.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     h.set_defaults(func=cmd_bench)
+    from imagemini.bench import images as bench_images
+
+    i = bench.add_parser("images", help="encoder cache: hit vs miss latency for a resent image")
+    bench_images.add_arguments(i)
+    i.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Running one chat completion on the engine and shaping what comes back: JSON or SSE chunks.
 
-    runs = ChoiceRuns(async_engine, prompt_ids, params, "chatcmpl-...")   # one engine request per choice
+    runs = ChoiceRuns(async_engine, prompt_ids, params, "chatcmpl-...", prompt_embeds)   # one engine request per choice
     await runs.start()                                 # admitted, or EngineOverloaded / ValueError
     completion = await complete(runs, ctx)             # non-stream: a ChatCompletion
     async for event in stream_events(runs, ctx): ...   # stream: "data: {chunk}\\n\\n" ... "data: [DONE]\\n\\n"
@@ -11,6 +11,11 @@ content chunks, one finish chunk per choice, then ALWAYS one usage chunk with `c
 (OpenRouter; it also satisfies OpenAI's stream_options.include_usage), then `[DONE]`. A
 failure after the stream started is a last chunk with `error` and `finish_reason: "error"`;
 the stream then ends without usage or `[DONE]`.
+
+Generated images (image output, issue 6) are decoded by the VQ decoder into PNG data URLs off
+the event loop, and come back in `message.images` (non-stream) or, in a stream, as
+`delta.images` in the chunk of the step that completed them. Their codes count in
+`completion_tokens` and in `completion_tokens_details.image_tokens`.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from imagemini.engine.async_engine import AsyncEngine, EngineOverloaded
 from imagemini.engine.params import SamplingParams
 from imagemini.engine.sequence import SequenceOutput
 from imagemini.engine.sequence import TokenLogprob as EngineLogprob
+import torch
+
 from imagemini.models.tokenizer import Tokenizer
 
+from .encoder import ImageWriter
 from .errors import APIError, bad_request, internal_error, overloaded
 from .model_card import LoadedCard
 from .schemas import (
@@ -36,8 +44,10 @@ from .schemas import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    CompletionTokensDetails,
     Delta,
     ErrorDetail,
+    ImageOutput,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -52,9 +62,17 @@ _live_tasks: set[asyncio.Task] = set()
 class ChoiceRuns:
     """The n engine requests of one chat completion, merged into one stream of (choice, delta)."""
 
-    def __init__(self, engine: AsyncEngine, prompt_ids: list[int], params: list[SamplingParams], request_id: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        prompt_ids: list[int],
+        params: list[SamplingParams],
+        request_id: str,
+        prompt_embeds: torch.Tensor | None = None,
+    ) -> None:
         self._engine = engine
         self._prompt_ids = prompt_ids
+        self._prompt_embeds = prompt_embeds
         self._params = params
         self._request_id = request_id
         self._queue: asyncio.Queue[tuple[int, SequenceOutput | Exception]] = asyncio.Queue()
@@ -85,7 +103,8 @@ class ChoiceRuns:
 
     async def _pump(self, index: int, params: SamplingParams) -> None:
         try:
-            async for out in self._engine.generate(self._prompt_ids, params, f"{self._request_id}-{index}"):
+            request_id = f"{self._request_id}-{index}"
+            async for out in self._engine.generate(self._prompt_ids, params, request_id, self._prompt_embeds):
                 self._queue.put_nowait((index, out))
         except Exception as exc:  # EngineOverloaded, ValueError (refused), or a bug
             self._refused.append(exc)
@@ -120,22 +139,38 @@ class ResponseContext:
     logprobs: bool
     tokenizer: Tokenizer
     card: LoadedCard
+    input_images: int = 0  # priced per image (card pricing.image), on top of their prompt tokens
+    writer: ImageWriter | None = None  # set when the request may draw
+
+    async def image_urls(self, out: SequenceOutput) -> list[str]:
+        """PNG data URLs of the images completed in this delta (decoded in a worker thread)."""
+        if self.writer is None or not out.images:
+            return []
+        return [await asyncio.to_thread(self.writer.png_data_url, codes) for codes in out.images]
 
 
 @dataclass
 class ChoiceResult:
     text: list[str] = field(default_factory=list)
     logprobs: list[EngineLogprob] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
     num_output_tokens: int = 0
+    num_image_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
 
-    def add(self, out: SequenceOutput) -> None:
+    def add(self, out: SequenceOutput, images: list[str]) -> None:
         self.text.append(out.text)
         self.logprobs.extend(out.logprobs)
+        self.images.extend(images)
         self.num_output_tokens = out.num_output_tokens
+        self.num_image_tokens = out.num_image_tokens
         self.finish_reason = out.finish_reason
         self.error = out.error
+
+
+def image_outputs(urls: list[str]) -> list[ImageOutput] | None:
+    return [ImageOutput(image_url={"url": url}) for url in urls] or None
 
 
 # --- shaping ---------------------------------------------------------------------------------------
@@ -149,13 +184,14 @@ def logprob_entries(tokenizer: Tokenizer, logprobs: list[EngineLogprob]) -> list
     ]
 
 
-def usage(ctx: ResponseContext, completion_tokens: int) -> Usage:
+def usage(ctx: ResponseContext, completion_tokens: int, image_tokens: int = 0) -> Usage:
     # Prompt tokens count once whatever n is, as OpenAI bills them.
     return Usage(
         prompt_tokens=ctx.prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=ctx.prompt_tokens + completion_tokens,
-        cost=ctx.card.cost(ctx.prompt_tokens, completion_tokens),
+        completion_tokens_details=CompletionTokensDetails(image_tokens=image_tokens),
+        cost=ctx.card.cost(ctx.prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=ctx.input_images),
     )
 
 
@@ -185,7 +221,7 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
     try:
         async with contextlib.aclosing(runs.outputs()) as outputs:
             async for index, out in outputs:
-                results[index].add(out)
+                results[index].add(out, await ctx.image_urls(out))
                 if out.finish_reason in ("abort", "error"):
                     raise failure(out.finish_reason, out.error, retry_after_s)
     except (EngineOverloaded, ValueError) as exc:  # a choice refused late (a race at admission)
@@ -195,7 +231,7 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
     choices = [
         Choice(
             index=i,
-            message=AssistantMessage(content="".join(r.text)),
+            message=AssistantMessage(content="".join(r.text), images=image_outputs(r.images)),
             logprobs=ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, r.logprobs)) if ctx.logprobs else None,
             finish_reason=r.finish_reason,
         )
@@ -207,7 +243,7 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
         model=ctx.model,
         system_fingerprint=ctx.system_fingerprint,
         choices=choices,
-        usage=usage(ctx, sum(r.num_output_tokens for r in results)),
+        usage=usage(ctx, sum(r.num_output_tokens for r in results), sum(r.num_image_tokens for r in results)),
     )
 
 
@@ -219,11 +255,12 @@ def _chunk(ctx: ResponseContext, choices: list[ChunkChoice], **extra) -> str:
     return f"data: {chunk.model_dump_json()}\n\n"
 
 
-def _delta_chunks(ctx: ResponseContext, index: int, out: SequenceOutput) -> list[str]:
+def _delta_chunks(ctx: ResponseContext, index: int, out: SequenceOutput, images: list[str]) -> list[str]:
     chunks = []
-    if out.text or out.logprobs:
+    if out.text or out.logprobs or images:
         logprobs = ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, out.logprobs)) if ctx.logprobs else None
-        chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(content=out.text), logprobs=logprobs)]))
+        delta = Delta(content=out.text, images=image_outputs(images))
+        chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=delta, logprobs=logprobs)]))
     if out.finish_reason in ("stop", "length"):
         chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(), finish_reason=out.finish_reason)]))
     return chunks
@@ -237,18 +274,20 @@ def _error_chunk(ctx: ResponseContext, index: int, error: APIError) -> str:
 async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 1) -> AsyncIterator[str]:
     """SSE events of one completion. Closing this generator (client gone) withdraws every choice."""
     completion_tokens = [0] * runs.n
+    image_tokens = [0] * runs.n
     try:
         for index in range(runs.n):
             yield _chunk(ctx, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
         async with contextlib.aclosing(runs.outputs()) as outputs:
             async for index, out in outputs:
                 completion_tokens[index] = out.num_output_tokens
-                for event in _delta_chunks(ctx, index, out):
+                image_tokens[index] = out.num_image_tokens
+                for event in _delta_chunks(ctx, index, out, await ctx.image_urls(out)):
                     yield event
                 if out.finish_reason in ("abort", "error"):
                     yield _error_chunk(ctx, index, failure(out.finish_reason, out.error, retry_after_s))
                     return
-        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens)))
+        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens), sum(image_tokens)))
         yield "data: [DONE]\n\n"
     except Exception as exc:  # a choice refused after the stream began (a race at admission), or a bug
         if not isinstance(exc, (EngineOverloaded, ValueError)):

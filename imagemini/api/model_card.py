@@ -12,12 +12,20 @@
       "owned_by": "imagemini",
       "created": 1764115200,                    default: mtime of model.safetensors
       "tokenizer": "Other",
-      "input_modalities": ["text", "image"],    what the checkpoint can take / make;
-      "output_modalities": ["text", "image"],   the card shows only what the server serves today
+      "input_modalities": ["text", "image"],    what the checkpoint can take / make; the server adds
+      "output_modalities": ["text", "image"],   "file" (PDF/text files) to inputs that include text
       "pricing_usd_per_million_tokens": {"prompt": 2.5, "completion": 2.0,
                                          "internal_reasoning": <completion>, "image_output": <completion>},
       "pricing_usd_per_image": 0, "pricing_usd_per_request": 0
     }
+
+Prices, OpenRouter style: input image tokens are prompt tokens (BOI + N placeholders + EOI per
+image) at the prompt price, plus `pricing_usd_per_image` per input image (card `pricing.image`);
+generated image codes (completion_tokens_details.image_tokens) at the `image_output` price,
+the other completion tokens at the completion price.
+
+What the card lists is what the server accepts: an image part needs "image" in the inputs, a
+file part "file", `modalities: ["image"]` needs "image" in the outputs.
 
 Model id rule: a request's `model` must be the card's `id` exactly, or its last path segment
 (`tiny-janus` for `imagemini/tiny-janus`); responses always carry the full id.
@@ -33,9 +41,9 @@ from typing import Any
 
 from .schemas import Architecture, ModelCard, Pricing, TopProvider
 
-# What the HTTP layer can carry today (text only): the card never claims more than this.
-SERVED_INPUT_MODALITIES = ("text",)
-SERVED_OUTPUT_MODALITIES = ("text",)
+# What the HTTP layer can carry: the card never claims more than this.
+SERVED_INPUT_MODALITIES = ("text", "image", "file")
+SERVED_OUTPUT_MODALITIES = ("text", "image")
 
 # EXACTLY the sampling parameters this server honours now, in OpenRouter's vocabulary.
 # Transport fields that every request may carry (model, messages, stream, stream_options,
@@ -46,6 +54,7 @@ SUPPORTED_PARAMETERS = [
     "logprobs",
     "max_completion_tokens",
     "max_tokens",
+    "modalities",
     "n",
     "presence_penalty",
     "seed",
@@ -87,10 +96,13 @@ class Prices:
     def pricing(self) -> Pricing:
         return Pricing(**{k: _usd(getattr(self, k)) for k in Pricing.model_fields if hasattr(self, k)})
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0) -> float:
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
+    ) -> float:
         text_tokens = completion_tokens - reasoning_tokens - image_tokens
         total = (
             self.request
+            + input_images * self.image
             + prompt_tokens * self.prompt
             + text_tokens * self.completion
             + reasoning_tokens * self.internal_reasoning
@@ -116,8 +128,16 @@ class LoadedCard:
     def matches(self, model: str) -> bool:
         return model == self.card.id or model == self.card.id.rsplit("/", 1)[-1]
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.prices.cost(prompt_tokens, completion_tokens)
+    def cost(self, prompt_tokens: int, completion_tokens: int, image_tokens: int = 0, input_images: int = 0) -> float:
+        return self.prices.cost(prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=input_images)
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.card.architecture.input_modalities
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.card.architecture.output_modalities
 
 
 def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) -> LoadedCard:
@@ -125,8 +145,16 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) ->
     path = model_dir / "model_card.json"
     raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     prices = Prices.from_card(raw)
-    inputs = [m for m in raw.get("input_modalities", ["text", "image"]) if m in SERVED_INPUT_MODALITIES]
-    outputs = [m for m in raw.get("output_modalities", ["text", "image"]) if m in SERVED_OUTPUT_MODALITIES]
+    declared = list(raw.get("input_modalities", ["text", "image"]))
+    if "text" in declared and "file" not in declared:
+        declared.append("file")  # files are read into text (and page images) by the server
+    inputs = [m for m in SERVED_INPUT_MODALITIES if m in declared]
+    outputs = [m for m in SERVED_OUTPUT_MODALITIES if m in raw.get("output_modalities", ["text", "image"])]
+    parameters = list(SUPPORTED_PARAMETERS)
+    if "image" in outputs:
+        parameters = sorted([*parameters, "image_config"])
+    else:
+        parameters.remove("modalities")
     card = ModelCard(
         id=raw.get("id", f"imagemini/{model_dir.name}"),
         created=int(raw.get("created", (model_dir / "model.safetensors").stat().st_mtime)),
@@ -141,7 +169,7 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) ->
             tokenizer=raw.get("tokenizer", "Other"),
         ),
         pricing=prices.pricing(),
-        supported_parameters=list(SUPPORTED_PARAMETERS),
+        supported_parameters=parameters,
         top_provider=TopProvider(context_length=max_sequence_tokens, max_completion_tokens=max_sequence_tokens - 1),
     )
     return LoadedCard(card, prices)

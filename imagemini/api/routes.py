@@ -7,7 +7,13 @@ the right `param`, never a 422.
 
 Content type: POST bodies must be `application/json` (or `+json`); anything else, or none,
 is a 400 `invalid_content_type` (OpenAI answers request problems with 400, and the SDK then
-raises BadRequestError).
+raises BadRequestError). Nesting deeper than `max_json_depth` is a 400 `nesting_too_deep`.
+
+A chat request with images or files: the parts are checked (chat.py), their bytes decoded or
+downloaded and PDFs read (media.py), the prompt rendered and encoded (one image token per image,
+then BOI + N placeholders + EOI each), the token budget checked, then the images encoded by the
+vision encoder (cached, encoder.py) into the prompt embeddings the engine runs on. Everything
+heavy runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from .chat import prompt_ids
+from .chat import has_media, parse_messages, resolve_messages, too_many_images
 from .completions import ChoiceRuns, ResponseContext, complete, refusal, stream_events
 from .errors import APIError, bad_request, from_validation_error
-from .sampling import check_request, choice_params, completion_budget
+from .sampling import check_request, check_room_for_image, choice_params, completion_budget, draws_first
 from .schemas import ChatCompletionRequest, ModelList
 from .state import ServerState
 
@@ -47,7 +53,7 @@ health_router = APIRouter()
 
 
 # --- body -----------------------------------------------------------------------------------------
-async def read_json_body(request: Request, limit: int) -> Any:
+async def read_json_body(request: Request, limit: int, max_depth: int = 32) -> Any:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise bad_request(
@@ -63,11 +69,34 @@ async def read_json_body(request: Request, limit: int) -> Any:
             raise _too_large(limit)
     try:
         data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise bad_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    if json_depth(data, max_depth) > max_depth:
+        raise _too_deep(max_depth)
     return data
+
+
+def json_depth(data: Any, stop_after: int) -> int:
+    """Nesting depth of objects and arrays (a scalar is 0); stops counting past `stop_after`."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > stop_after:
+                return deepest
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _too_deep(limit: int) -> APIError:
+    return bad_request(
+        f"The JSON body is nested more than {limit} levels deep (IMAGEMINI_MAX_JSON_DEPTH).", code="nesting_too_deep"
+    )
 
 
 def _reject_constant(name: str) -> None:
@@ -98,7 +127,7 @@ def ignored_fields_header(data: dict[str, Any]) -> dict[str, str]:
 @api_router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = server(request)
-    data = await read_json_body(request, state.settings.max_body_bytes)
+    data = await read_json_body(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     chat = parse_chat_request(data)
     runs, ctx = await start_completion(state, chat)
     # Safety net: however this request's task ends (response sent, client gone before the stream
@@ -115,13 +144,37 @@ async def chat_completions(request: Request) -> Response:
 
 async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> tuple[ChoiceRuns, ResponseContext]:
     """Check the request against this checkpoint, then submit every choice to the engine."""
-    check_request(chat)
+    limits, settings = state.limits, state.settings
+    check_request(chat, limits)
     if not state.card.matches(chat.model):
         raise model_not_found(chat.model, param="model")
-    tokenizer = state.engine.engine.tokenizer
-    ids = prompt_ids(chat.messages, tokenizer)
-    params = choice_params(chat, completion_budget(chat, len(ids), state.limits), state.limits)
+    inputs = state.card.inputs
+    messages = parse_messages(chat.messages, accept_images="image" in inputs, accept_files="file" in inputs)
+
+    def prepare() -> tuple[list[int], list]:
+        resolved = resolve_messages(messages, state.media, settings.max_images)
+        ids, images = state.prompts.encode(resolved)
+        if len(images) > settings.max_images:
+            raise too_many_images(len(images), settings.max_images)
+        return state.processor.expand_images(ids), images
+
+    if has_media(messages):
+        async with state.media_slots:
+            ids, images = await asyncio.to_thread(prepare)
+    else:
+        ids, images = prepare()
+    drawing_first = draws_first(chat, limits.image)
+    if drawing_first:
+        ids = ids + list(limits.image.start_ids)  # the answer starts with an image
+    budget = completion_budget(chat, len(ids), limits)
+    if drawing_first:
+        check_room_for_image(chat, budget, len(ids), limits)
+    params = choice_params(chat, budget, limits)
     state.check_capacity(len(params))
+    embeds = None
+    if images:
+        async with state.encode_slots:
+            embeds = await asyncio.to_thread(state.vision.prompt_embeds, ids, images)
     ctx = ResponseContext(
         id=f"chatcmpl-{secrets.token_hex(12)}",
         created=int(time.time()),
@@ -129,10 +182,12 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
         system_fingerprint=state.engine.engine.system_fingerprint,
         prompt_tokens=len(ids),
         logprobs=bool(chat.logprobs),
-        tokenizer=tokenizer,
+        tokenizer=state.engine.engine.tokenizer,
         card=state.card,
+        input_images=len(images),
+        writer=state.writer if chat.wants_image else None,
     )
-    runs = ChoiceRuns(state.engine, ids, params, ctx.id)
+    runs = ChoiceRuns(state.engine, ids, params, ctx.id, embeds)
     try:
         await runs.start()
     except Exception as exc:

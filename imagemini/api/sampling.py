@@ -1,8 +1,12 @@
 """A validated request -> what the engine runs: the token budget and one SamplingParams per choice.
 
-    check_request(request)                              # cross-field rules, unsupported features
+    check_request(request, limits)                      # cross-field rules, unsupported features, image_config
     budget = completion_budget(request, len(ids), limits)
     params = choice_params(request, budget, limits)     # len == n
+
+Image output (issue 6): `modalities` with "image" sets SamplingParams.image_output (begin-of-image
+is no longer banned; the engine draws a whole image when the model opens one) and
+`guidance_scale` (image_config.guidance_scale, else generation_config.json, else 5).
 
 Field ranges are checked by the pydantic models (schemas.py); what needs more than one field
 or needs the checkpoint (vocabulary, context length) is checked here, each failure a 400
@@ -21,6 +25,27 @@ from .schemas import ChatCompletionRequest
 
 
 @dataclass(frozen=True)
+class ImageOutput:
+    """What the checkpoint can draw, and its image sampling defaults (generation_config.json)."""
+
+    enabled: bool  # the card offers image output
+    num_tokens: int  # codes per image
+    resolution: int  # side of a generated image in pixels
+    guidance_scale: float = 5.0  # default of image_config.guidance_scale
+    temperature: float | None = None  # default temperature of image requests (else 1)
+    top_p: float | None = None  # default top_p of image requests (else 1)
+    start_after_prompt: bool = False  # generation_config image_start_after_prompt: always start drawing
+    start_ids: tuple[int, ...] = ()  # appended to the prompt to start drawing: template text + BOI
+    aspect_ratios: tuple[str, ...] = ("1:1",)
+    image_sizes: tuple[str, ...] = ("1K",)  # "1K" = the checkpoint's native size
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Completion tokens one image takes: begin-of-image, the codes, end-of-image."""
+        return self.num_tokens + 2
+
+
+@dataclass(frozen=True)
 class Limits:
     """What the loaded checkpoint and the server allow one request."""
 
@@ -28,12 +53,16 @@ class Limits:
     default_max_tokens: int  # cap when the request names no max_completion_tokens
     vocab_size: int
     banned_token_ids: tuple[int, ...]  # text-only mode: begin-of-image can never be sampled
+    image_banned_token_ids: tuple[int, ...] = ()  # image mode: placeholder / end-of-image (the engine closes images)
+    image: ImageOutput = ImageOutput(enabled=False, num_tokens=0, resolution=0)
 
 
-def check_request(request: ChatCompletionRequest) -> None:
+def check_request(request: ChatCompletionRequest, limits: Limits | None = None) -> None:
     refused = request.unsupported_fields()
     if refused:
         raise unsupported(*refused[0])
+    if limits is not None:
+        check_image_request(request, limits.image)
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
     if (
@@ -63,15 +92,58 @@ def logit_bias_ids(bias: dict[str, float] | None, vocab_size: int) -> dict[int, 
     return out
 
 
+def check_image_request(request: ChatCompletionRequest, image: ImageOutput) -> None:
+    if request.wants_image and not image.enabled:
+        raise unsupported("modalities", "image output (this model does not generate images)")
+    config = request.image_config
+    if config is None:
+        return
+    if config.aspect_ratio is not None and config.aspect_ratio not in image.aspect_ratios:
+        raise bad_request(
+            f"image_config.aspect_ratio '{config.aspect_ratio}' is not supported by this model; "
+            f"supported: {', '.join(image.aspect_ratios)} ({image.resolution}x{image.resolution} pixels)",
+            param="image_config.aspect_ratio", code="unsupported_value",
+        )
+    if config.image_size is not None and config.image_size not in image.image_sizes:
+        raise bad_request(
+            f"image_config.image_size '{config.image_size}' is not supported by this model; "
+            f"supported: {', '.join(image.image_sizes)} (its native {image.resolution}x{image.resolution} pixels)",
+            param="image_config.image_size", code="unsupported_value",
+        )
+
+
+def draws_first(request: ChatCompletionRequest, image: ImageOutput) -> bool:
+    """Whether the prompt gets begin-of-image appended, so that the answer starts with an image:
+    `modalities: ["image"]`, or any image request on a checkpoint flagged image_start_after_prompt."""
+    return request.wants_image and (request.image_only or image.start_after_prompt)
+
+
 def completion_budget(request: ChatCompletionRequest, prompt_tokens: int, limits: Limits) -> int:
-    """max_completion_tokens (or its alias), else what remains of the context, capped by the default."""
+    """max_completion_tokens (or its alias), else what remains of the context, capped by the
+    default (plus one whole image when the request may draw)."""
     asked = request.max_completion_tokens or request.max_tokens
     room = limits.max_sequence_tokens - prompt_tokens
     if asked is None and room >= 1:
-        return min(room, limits.default_max_tokens)
+        default = limits.default_max_tokens + (limits.image.tokens_per_image if request.wants_image else 0)
+        return min(room, default)
     if asked is None or asked > room:
         raise context_exceeded(prompt_tokens, asked, limits.max_sequence_tokens)
     return asked
+
+
+def check_room_for_image(request: ChatCompletionRequest, budget: int, prompt_tokens: int, limits: Limits) -> None:
+    """A prompt that ends with begin-of-image needs room for every code and the end marker."""
+    need = limits.image.num_tokens + 1
+    if budget >= need:
+        return
+    if (request.max_completion_tokens or request.max_tokens) is None:  # the context is what is short
+        raise context_exceeded(prompt_tokens, need, limits.max_sequence_tokens)
+    if budget < need:
+        raise bad_request(
+            f"modalities [\"image\"] starts the answer with an image, which takes {need} completion tokens "
+            f"({limits.image.num_tokens} image codes + end-of-image); max_completion_tokens is {budget}",
+            param="max_completion_tokens", code="max_tokens_too_small",
+        )
 
 
 def context_exceeded(prompt_tokens: int, asked: int | None, limit: int) -> APIError:
@@ -98,17 +170,24 @@ def choice_params(request: ChatCompletionRequest, max_tokens: int, limits: Limit
     def value(x, default):
         return default if x is None else x
 
+    image = limits.image
+    drawing = request.wants_image
+    config = request.image_config
     base = dict(
         max_tokens=max_tokens,
-        temperature=value(request.temperature, 1.0),
-        top_p=value(request.top_p, 1.0),
+        # Image requests default to the checkpoint's image sampling settings (generation_config.json);
+        # temperature and top_p apply to the text and to the image codes alike.
+        temperature=value(request.temperature, value(image.temperature, 1.0) if drawing else 1.0),
+        top_p=value(request.top_p, value(image.top_p, 1.0) if drawing else 1.0),
         frequency_penalty=value(request.frequency_penalty, 0.0),
         presence_penalty=value(request.presence_penalty, 0.0),
         logit_bias=logit_bias_ids(request.logit_bias, limits.vocab_size),
         logprobs=bool(request.logprobs),
         top_logprobs=value(request.top_logprobs, 0),
         stop=request.stop_strings,
-        banned_token_ids=limits.banned_token_ids,
+        banned_token_ids=limits.image_banned_token_ids if drawing else limits.banned_token_ids,
+        image_output=drawing,
+        guidance_scale=value(config.guidance_scale if config else None, image.guidance_scale),
     )
     try:
         return [SamplingParams(seed=choice_seed(request.seed, i), **base) for i in range(value(request.n, 1))]

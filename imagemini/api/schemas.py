@@ -10,8 +10,9 @@ range is declared on its field. The rule for fields this module does not declare
     when used (see `ChatCompletionRequest.unsupported_fields`), never silently ignored.
 
 Responses follow OpenAI's `CreateChatCompletionResponse` / `...StreamResponse`, plus
-OpenRouter's additive fields (`usage.cost`; `message.images` and `message.reasoning` are
-declared for later issues and left out of the JSON while they are None).
+OpenRouter's additive fields (`usage.cost`, `usage.completion_tokens_details.image_tokens`,
+`message.images` / `delta.images` with generated pictures; `message.reasoning` is declared for a
+later issue; those are left out of the JSON while they are None).
 """
 
 from __future__ import annotations
@@ -133,8 +134,12 @@ class ReasoningConfig(_Request):
 
 
 class ImageConfig(_Request):
-    aspect_ratio: Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"] | None = None
-    image_size: Literal["1K", "2K", "4K"] | None = None
+    """OpenRouter's image_config. Values are checked against the checkpoint (sampling.py): a
+    model with one output size supports aspect_ratio "1:1" and image_size "1K" (its native size)."""
+
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    guidance_scale: float | None = Field(None, ge=1, le=20)  # imagemini extension: classifier-free guidance
 
 
 class ChatCompletionRequest(_Request):
@@ -164,9 +169,10 @@ class ChatCompletionRequest(_Request):
     service_tier: Literal["auto", "default"] | None = None
     parallel_tool_calls: bool | None = None  # meaningless without tools
     include_reasoning: bool | None = None  # false: nothing to exclude; true: refused below
-    # --- recognised, not supported yet: 400 when used ----------------------------------------------
-    modalities: list[Literal["text", "image"]] | None = None
+    # --- image output (issue 6) ------------------------------------------------------------------
+    modalities: Annotated[list[Literal["text", "image"]], Field(min_length=1)] | None = None
     image_config: ImageConfig | None = None
+    # --- recognised, not supported yet: 400 when used ----------------------------------------------
     response_format: ResponseFormat | None = None
     structured_outputs: bool | None = None
     reasoning: ReasoningConfig | None = None
@@ -194,6 +200,16 @@ class ChatCompletionRequest(_Request):
         return value
 
     @property
+    def wants_image(self) -> bool:
+        """Image output allowed: `modalities` includes "image"."""
+        return "image" in (self.modalities or ())
+
+    @property
+    def image_only(self) -> bool:
+        """`modalities: ["image"]`: the answer starts with an image (begin-of-image is appended)."""
+        return bool(self.modalities) and set(self.modalities) == {"image"}
+
+    @property
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
@@ -201,8 +217,6 @@ class ChatCompletionRequest(_Request):
         """(param, what) for each recognised-but-unsupported feature this request uses."""
         neutral = {"top_k": 0, "min_p": 0.0, "top_a": 0.0, "repetition_penalty": 1.0}
         checks = [
-            ("modalities", "image output (modalities: image)", "image" in (self.modalities or [])),
-            ("image_config", "image_config (image output)", self.image_config is not None),
             ("response_format", f"response_format {self.response_format.type if self.response_format else ''}",
              self.response_format is not None and self.response_format.type != "text"),
             ("structured_outputs", "structured_outputs", bool(self.structured_outputs)),

@@ -10,7 +10,9 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
-settings.py (IMAGEMINI_* environment variables).
+settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
+encoding), media.py (decoding, PDFs), fetch.py (http(s) URLs), encoder.py (vision encoder and
+its cache; generated images to PNG). README.md documents the whole API.
 """
 
 from __future__ import annotations

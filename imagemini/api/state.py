@@ -12,19 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
+import math
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from imagemini.engine.async_engine import AsyncEngine
+from imagemini.models.processor import Processor
 
+from .chat import PromptEncoder, image_start_ids
+from .encoder import EncoderCache, ImageWriter, VisionEncoder
 from .errors import APIError, overloaded
+from .media import MediaReader
 from .model_card import LoadedCard, load_card
-from .sampling import Limits
+from .sampling import ImageOutput, Limits
 from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,7 +43,16 @@ class ServerState:
     limits: Limits
     settings: ServerSettings
     api_keys: tuple[str, ...] = ()
+    processor: Processor | None = None
+    prompts: PromptEncoder | None = None
+    media: MediaReader | None = None
+    vision: VisionEncoder | None = None
+    writer: ImageWriter | None = None
     draining: bool = False
+    # Reading media (base64, downloads, PDFs) and encoding images run in worker threads; these
+    # bound how many requests do each at once (downloads wait on the network, not the CPU).
+    media_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4), repr=False)
+    encode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2), repr=False)
     _drain_task: asyncio.Task | None = field(default=None, repr=False)
 
     @classmethod
@@ -42,16 +60,33 @@ class ServerState:
         core = engine.engine
         tokenizer = core.tokenizer
         max_sequence = min(core.context_length, core.kv_cache.budget_tokens)
+        special = tokenizer.special
         # Text-only mode: no image span can start, so no image placeholder/end can follow either.
-        banned = tuple(t for t in (tokenizer.special.boi, tokenizer.special.eoi, tokenizer.special.image) if t is not None)
+        banned = tuple(t for t in (special.boi, special.eoi, special.image) if t is not None)
+        # Image mode: the model may open an image; the engine itself closes it.
+        image_banned = tuple(t for t in (special.eoi, special.image) if t is not None)
+        card = load_card(model_dir, core.context_length, max_sequence)
+        processor = Processor.from_dir(model_dir, tokenizer)
         limits = Limits(
             max_sequence_tokens=max_sequence,
             default_max_tokens=settings.default_max_tokens,
             vocab_size=tokenizer.vocab_size,
             banned_token_ids=banned,
+            image_banned_token_ids=image_banned,
+            image=image_output(model_dir, core, "image" in card.outputs and special.boi is not None),
         )
-        card = load_card(model_dir, core.context_length, max_sequence)
-        return cls(engine, card, limits, settings, tuple(api_keys or ()))
+        return cls(
+            engine, card, limits, settings, tuple(api_keys or ()),
+            processor=processor,
+            prompts=PromptEncoder(tokenizer),
+            # PDF pages are also given as images only to a model that takes images.
+            media=MediaReader(
+                settings if "image" in card.inputs else replace(settings, pdf_image_pages=0),
+                render_side=min(2 * processor.image_cfg.size, 2048),
+            ),
+            vision=VisionEncoder(core.model, processor, EncoderCache(settings.encoder_cache_bytes)),
+            writer=ImageWriter(core.runner),
+        )
 
     # --- per request ------------------------------------------------------------------------------
     def check_key(self, authorization: str | None) -> None:
@@ -85,6 +120,7 @@ class ServerState:
             "running": len(core.scheduler.running),
             "waiting": len(core.scheduler.waiting),
             "kv_cache": {"used_tokens": core.kv_cache.used_tokens, "budget_tokens": core.kv_cache.budget_tokens},
+            "encoder_cache": self.vision.cache.stats() if self.vision is not None else None,
         }
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -96,6 +132,36 @@ class ServerState:
     async def finish_drain(self) -> None:
         self.begin_drain()
         await self._drain_task
+
+
+def image_output(model_dir: Path, core, enabled: bool) -> ImageOutput:
+    """The checkpoint's image output and its defaults from generation_config.json:
+    guidance_scale, temperature, top_p (image sampling), and imagemini's own
+    image_start_after_prompt (bool) / image_start_prefix (text before begin-of-image)."""
+    path = Path(model_dir) / "generation_config.json"
+    try:
+        gen = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        log.warning("%s is not valid JSON: image defaults ignored", path)
+        gen = {}
+
+    def number(key: str, low: float, high: float) -> float | None:
+        value = gen.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return min(max(float(value), low), high)
+        return None
+
+    prefix = gen.get("image_start_prefix")
+    return ImageOutput(
+        enabled=enabled,
+        num_tokens=core.num_image_tokens,
+        resolution=core.model.cfg.image_resolution,
+        guidance_scale=number("guidance_scale", 1.0, 20.0) or 5.0,
+        temperature=number("temperature", 0.0, 2.0),
+        top_p=number("top_p", 1e-6, 1.0),
+        start_after_prompt=bool(gen.get("image_start_after_prompt", False)),
+        start_ids=tuple(image_start_ids(core.tokenizer, prefix if isinstance(prefix, str) else None)) if enabled else (),
+    )
 
 
 def _unauthorized(message: str) -> APIError:

@@ -5,6 +5,7 @@
     ids = proc.expand_images(token_ids)                 # each <image_placeholder> -> BOI + N placeholders + EOI
 
 Image preprocessing follows transformers' JanusImageProcessor (preprocessor_config.json):
+convert to RGB (transparency composited onto white, as transformers' convert_to_rgb does),
 resize the longer side to `size` (bicubic, sides at least `min_size`), pad to a square with
 the mean colour, rescale to [0, 1], normalise with `image_mean` / `image_std`.
 """
@@ -70,6 +71,16 @@ class ImageProcessorConfig:
         }
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (transformers' convert_to_rgb)."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 class Processor:
     def __init__(self, cfg: JanusConfig, image_cfg: ImageProcessorConfig, tokenizer: Tokenizer) -> None:
         self.cfg = cfg
@@ -85,7 +96,7 @@ class Processor:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         c = self.image_cfg
-        image = image.convert("RGB")
+        image = to_rgb(image)
         w, h = image.size
         scale = c.size / max(w, h)
         new = (max(round(w * scale), c.min_size), max(round(h * scale), c.min_size))

@@ -79,8 +79,9 @@ def test_model_list_and_card(server, client, http, openapi):
         openapi.validate("Model", card)  # each card of the list is an OpenAI Model too
         assert card["id"] == MODEL_ID and card["object"] == "model" and card["name"] == "Tiny test"
         assert card["context_length"] == 1024
-        assert card["architecture"]["input_modalities"] == ["text"] == card["architecture"]["output_modalities"]
-        assert card["architecture"]["modality"] == "text->text"
+        assert card["architecture"]["input_modalities"] == ["text", "image", "file"]
+        assert card["architecture"]["output_modalities"] == ["text", "image"]
+        assert card["architecture"]["modality"] == "text+image+file->text+image"
         assert card["pricing"]["prompt"] == "0.000003" and card["pricing"]["completion"] == "0.000015"
         assert card["top_provider"] == {"context_length": 1024, "max_completion_tokens": 1023, "is_moderated": False}
     assert [m.id for m in client.models.list()] == [MODEL_ID]
@@ -234,7 +235,8 @@ def test_every_supported_parameter_is_accepted(server, http):
     values = {
         "frequency_penalty": 0.5, "logit_bias": {"10": 1}, "logprobs": True, "max_completion_tokens": 2,
         "max_tokens": 2, "n": 2, "presence_penalty": 0.5, "seed": 3, "stop": ["zz"], "temperature": 0.5,
-        "top_logprobs": 2, "top_p": 0.5,
+        "top_logprobs": 2, "top_p": 0.5, "modalities": ["image", "text"],
+        "image_config": {"aspect_ratio": "1:1", "image_size": "1K", "guidance_scale": 3.0},
     }
     card = http.get(f"{server.url}/v1/models/{MODEL_ID}").json()
     assert sorted(values) == card["supported_parameters"]

@@ -1,0 +1,151 @@
+"""The model's image ends on the API side: input images -> prompt embeddings (with a cache), and
+generated code grids -> PNG data URLs.
+
+    vision = VisionEncoder(model, processor, EncoderCache(256 << 20))
+    embeds = vision.prompt_embeds(ids, images)      # blocking: call it with asyncio.to_thread
+    writer = ImageWriter(engine.runner)
+    url = writer.png_data_url(codes)                # blocking too: "data:image/png;base64,..."
+
+Encoder cache: the vision encoder's output for one image ([N, hidden], model dtype) under a key
+made of the image's content key (media.py: sha256 of its bytes, or of the PDF page it is) and
+the processor settings; least recently used entries go when the total passes the byte budget.
+An image sent again is neither decoded nor encoded again; the misses of one request are encoded
+in one batch. `stats()` (hits, misses, entries, bytes) is shown by /health.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+from collections import OrderedDict
+
+import torch
+from PIL import Image
+
+from imagemini.models.janus import Janus
+from imagemini.models.processor import Processor
+
+from .errors import bad_request
+from .media import InputImage
+
+
+class EncoderCache:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        with self._lock:
+            features = self._entries.get(key)
+            if features is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return features
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        size = features.numel() * features.element_size()
+        if size > self.budget_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.numel() * old.element_size()
+            self._entries[key] = features
+            self._bytes += size
+            while self._bytes > self.budget_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.numel() * evicted.element_size()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "entries": len(self._entries),
+                "bytes": self._bytes,
+                "budget_bytes": self.budget_bytes,
+            }
+
+
+class VisionEncoder:
+    def __init__(self, model: Janus, processor: Processor, cache: EncoderCache) -> None:
+        self.model = model
+        self.processor = processor
+        self.cache = cache
+        self.dtype = next(model.parameters()).dtype
+        settings = json.dumps(processor.image_cfg.to_dict(), sort_keys=True)
+        self._salt = hashlib.sha256(f"{settings}|{self.dtype}".encode()).hexdigest()[:16]
+
+    def cache_key(self, image: InputImage) -> str:
+        return f"{image.key}:{self._salt}"
+
+    def features(self, images: list[InputImage]) -> list[torch.Tensor]:
+        """[N, hidden] per image, from the cache or encoded (the misses in one batch)."""
+        out: list[torch.Tensor | None] = []
+        todo: dict[str, list[int]] = {}  # cache key -> positions (one image sent twice is encoded once)
+        for i, image in enumerate(images):
+            key = self.cache_key(image)
+            if key in todo:
+                todo[key].append(i)
+                out.append(None)
+                continue
+            cached = self.cache.get(key)
+            out.append(cached)
+            if cached is None:
+                todo[key] = [i]
+        if todo:
+            pixels = []
+            for positions in todo.values():
+                image = images[positions[0]]
+                picture = image.load()
+                try:
+                    pixels.append(self.processor.preprocess(picture))
+                except Exception as exc:  # an odd mode or size PIL could not resample
+                    raise bad_request(f"{image.param}: the image could not be processed ({type(exc).__name__})",
+                                      param=image.param, code="invalid_image") from None
+            with torch.inference_mode():
+                encoded = self.model.encode_images(torch.stack(pixels).to(self.dtype))
+            for (key, positions), features in zip(todo.items(), encoded):
+                features = features.clone()
+                self.cache.put(key, features)
+                for i in positions:
+                    out[i] = features
+        return out  # type: ignore[return-value]
+
+    def prompt_embeds(self, ids: list[int], images: list[InputImage]) -> torch.Tensor:
+        """[len(ids), hidden]: token embeddings, the image placeholder rows replaced by the images in order."""
+        features = self.features(images)
+        with torch.inference_mode():
+            tokens = torch.tensor(ids)
+            embeds = self.model.embed_tokens(tokens)
+            mask = tokens == self.processor.tokenizer.special.image
+            rows = torch.cat(features).to(embeds.dtype)
+            if int(mask.sum()) != rows.shape[0]:
+                raise RuntimeError(f"{int(mask.sum())} image placeholder tokens for {rows.shape[0]} image rows")
+            embeds[mask] = rows
+        return embeds
+
+
+class ImageWriter:
+    """Code grids -> PNG (the VQ decoder; one image per call, so the same codes give the same bytes)."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+
+    def png(self, codes: list[int]) -> bytes:
+        pixels = self.runner.decode_image(codes).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+        return buffer.getvalue()
+
+    def png_data_url(self, codes: list[int]) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png(codes)).decode("ascii")
