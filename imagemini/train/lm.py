@@ -35,7 +35,7 @@ from imagemini.models.janus import Janus
 from imagemini.models.processor import ImageProcessorConfig, Processor
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
-from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text
+from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text, task_mixture
 
 from . import tokenizer as tokenizer_stage
 
@@ -56,8 +56,14 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.05
     seed: int = 0
-    eval_every_minutes: float = 10.0
     vocab_size: int = 2048
+    text_only: bool = False  # phase A: understanding and text tasks only (no image tokenizer needed yet)
+    threads: int = 2
+
+    def tasks(self) -> dict[str, float] | None:
+        if not self.text_only:
+            return None
+        return {t: w for t, w in task_mixture().items() if t != "draw" and not t.startswith("edit_")}
 
 
 def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int]) -> dict:
@@ -211,8 +217,7 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
     loaded = Tokenizer.from_dir(init)
     special = {k: getattr(loaded.special, k) for k in ("bos", "eos", "pad", "image", "boi", "eoi")}
-    vq_config = json.loads((vq_dir / "vq_config.json").read_text())
-    config = janus_config_dict(loaded.vocab_size, vq_config, special)
+    config = janus_config_dict(loaded.vocab_size, _vq_config(vq_dir), special)
     (init / "config.json").write_text(json.dumps(config, indent=2))
     image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     (init / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_dict(), indent=2))
@@ -221,11 +226,26 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         **GENERATION, "generation_kwargs": {"boi_token_id": special["boi"]},
     }, indent=2))
     torch.manual_seed(cfg.seed)
-    model = Janus(JanusConfig.from_dict(config))
-    vq_state = load_file(str(vq_dir / "vq.safetensors"))
-    model.model.vqmodel.load_state_dict(vq_state)
-    save_weights(model, init)
+    save_weights(Janus(JanusConfig.from_dict(config)), init)
     return init
+
+
+def _vq_config(vq_dir: Path) -> dict:
+    from .vq import BUNDLED_VQ_CONFIG
+
+    file = vq_dir / "vq_config.json"
+    return json.loads(file.read_text()) if file.exists() else dict(BUNDLED_VQ_CONFIG)
+
+
+def load_trained_vq(model: Janus, init: Path, vq_dir: Path) -> None:
+    """Put the stage-1 image tokenizer (frozen) into the model; its architecture must be the one
+    the checkpoint was initialised with."""
+    planned = json.loads((init / "config.json").read_text())["vq_config"]
+    trained = _vq_config(vq_dir)
+    differs = {k: (planned.get(k), v) for k, v in trained.items() if k in planned and planned[k] != v}
+    if differs:
+        raise ValueError(f"{vq_dir} holds a VQ of another shape than {init}: {differs}")
+    model.model.vqmodel.load_state_dict(load_file(str(vq_dir / "vq.safetensors")))
 
 
 def save_weights(model: Janus, out: Path, dtype: torch.dtype = torch.float32) -> None:
@@ -246,7 +266,7 @@ def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches:
     while True:
         pool: list[Sample] = []
         while sum(len(s.ids) for s in pool) < pool_batches * cfg.batch_tokens:
-            pool += [s for s in (build_sample(e, proc) for e in generate(rng, 64)) if s is not None]
+            pool += [s for s in (build_sample(e, proc) for e in generate(rng, 64, tasks=cfg.tasks())) if s is not None]
         pool.sort(key=lambda s: len(s.ids))
         groups, current = [], []
         for sample in pool:
@@ -261,7 +281,7 @@ def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches:
 
 def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(cfg.threads)
     init = prepare_checkpoint_dir(out, vq_dir, cfg)
     from imagemini.models.janus import load_janus
 
@@ -285,6 +305,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         step, elapsed_before = state["step"], state["elapsed"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+    if not cfg.text_only:
+        load_trained_vq(model, init, vq_dir)
     batcher = Batcher(model, proc, rng)
     budget = cfg.minutes * 60
     start = time.monotonic()
@@ -353,8 +375,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--batch-tokens", type=int, default=12_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-only", action="store_true", help="phase A: no drawing/editing tasks (no VQ needed)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed)
+    cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed,
+                      text_only=args.text_only, threads=args.threads)
     print(train(args.out, args.vq, cfg))
 
 
