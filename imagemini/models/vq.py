@@ -17,8 +17,17 @@ from torch import nn
 from .config import VQConfig
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm on a contiguous input. oneDNN convolutions hand back channels-last tensors, on
+    which GroupNorm's CPU kernels (its backward above all) are ~50x slower (measured: 100 ms vs
+    2 ms at [32, 32, 64, 64]). Same maths and parameter names."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

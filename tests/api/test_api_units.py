@@ -4,7 +4,6 @@ engine failure in the middle of a stream (in-process app, engine step made to ra
 from __future__ import annotations
 
 import asyncio
-import json
 from decimal import Decimal
 
 import httpx

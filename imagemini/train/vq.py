@@ -1,0 +1,518 @@
+"""Stage 1 of the bundled-model recipe: train the VQ-VAE image tokenizer on the shapes world.
+
+    python -m imagemini.train.vq --out runs/vq --minutes 75     # train; resumes out/last.pt if present
+    python -m imagemini.train.vq --out runs/vq --minutes 120    # extend the same run to 120 minutes in all
+    python -m imagemini.train.vq --out runs/vq --eval-only      # readback of out/vq.safetensors
+
+`--minutes` is the run's *total* wall-clock budget, counted across resumes (a crashed run
+resumed with the same flag ends when it would have; a larger value extends it). The learning
+rate and the two phases follow the fraction of that budget spent, so extending a finished run
+raises the learning rate again part-way up its cosine.
+
+Recipe (design §8, LlamaGen-style quantiser):
+1. PyTorch default init (not N(0, 0.02)); AdamW, linear LR warm-up then cosine by budget fraction.
+2. Autoencoder warm-up: for the first `ae_frac` of the budget the decoder sees the L2-normalised
+   latents directly (no quantisation).
+3. Codebook from k-means++ / spherical k-means on warmed-up latents, then quantised training:
+   cosine nearest code, straight-through estimator, codebook + beta * commitment loss; codes
+   unused for a while are restarted at badly-quantised latents. The codebook is re-normalised
+   after every step, so the parameter itself always has unit rows: what is saved is what
+   transformers' plain-distance encode and normalised decode need.
+4. Loss: MSE + L1 + a palette cross-entropy (pixels scored against the 9 exact world colours)
+   with extra weight on edge pixels: crisp colours and edges are what the scene parser reads.
+
+Data are drawn on the fly from a seeded `random.Random` (`sample_scene` + `render_array`); a
+fixed held-out set (`heldout_set`) scores readback: the fraction of scenes that
+`parse_image(decode(encode(image)))` reads back exactly.
+
+Outputs in out_dir: last.pt (resumable state), best.pt and vq.safetensors + vq_config.json
+(best readback so far; state dict of `imagemini.models.vq.VQModel` in float32, codebook unit
+rows, loadable with `load_vq(out_dir)`), metrics.jsonl (one line per evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from imagemini.models.config import VQConfig
+from imagemini.models.vq import VQModel
+from imagemini.world import PALETTE, SceneParseError, parse_image, render_array, sample_scene
+
+IMAGE_SIZE = 64
+EVAL_SEED = 1_000_003  # held-out scenes; training data use the run's seed
+
+#: The bundled model's VQ (keys as in transformers' `vq_config`): 64 px -> 16x16 = 256 codes.
+#: The aligner fields (projection_dim, image_token_embed_dim, num_hidden_layers, hidden_act)
+#: follow the text model and are set where the checkpoint is assembled.
+BUNDLED_VQ_CONFIG: dict = {
+    "embed_dim": 8,
+    "num_embeddings": 1024,
+    "double_latent": False,
+    "latent_channels": 64,
+    "in_channels": 3,
+    "out_channels": 3,
+    "base_channels": 32,
+    "channel_multiplier": [1, 2, 2],
+    "num_res_blocks": 1,
+    "dropout": 0.0,
+    "num_patches": 16,
+}
+
+_PALETTE_RGB = torch.tensor(list(PALETTE.values()), dtype=torch.float32)  # [9, 3], 0-255
+_PALETTE_PIX = _PALETTE_RGB / 127.5 - 1  # [9, 3] in [-1, 1]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_frac: float = 0.05  # cosine ends at lr * min_lr_frac
+    lr_warmup_steps: int = 100
+    grad_clip: float = 1.0
+    bf16: bool = True  # torch.autocast("cpu", bfloat16) for encoder/decoder
+    threads: int = 1  # 2 threads ran 2-7x slower than 1 while other jobs shared the 2 cores
+    ae_frac: float = 0.2  # budget fraction of autoencoder warm-up (no quantisation)
+    beta: float = 0.25  # commitment weight
+    l1_weight: float = 1.0
+    palette_weight: float = 0.1  # palette cross-entropy (0 disables)
+    palette_tau: float = 0.1  # temperature of the palette logits -|y - colour|^2 / tau
+    edge_weight: float = 3.0  # pixels on a colour edge weigh 1 + edge_weight (0 disables)
+    kmeans_images: int = 256
+    kmeans_iters: int = 20
+    restart_every: int = 50  # steps between dead-code restarts
+    dead_usage: float = 0.03  # EMA uses per batch below which a code is dead
+    eval_minutes: float = 5.0
+    ckpt_minutes: float = 3.0
+    eval_scenes: int = 500
+
+
+#: TrainConfig fields a resumed run takes from the caller rather than from its checkpoint.
+RUNTIME_FIELDS = ("threads", "eval_minutes", "ckpt_minutes")
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def to_pixels(arrays: np.ndarray) -> torch.Tensor:
+    """uint8 [n, S, S, 3] -> float [n, 3, S, S] in [-1, 1]."""
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """float [n, 3, S, S] in [-1, 1] -> uint8 [n, S, S, 3] (what the parser should read)."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def palette_index(arrays: np.ndarray) -> torch.Tensor:
+    """uint8 [n, S, S, 3] of exact palette colours -> palette index [n, S, S]."""
+    diff = torch.from_numpy(arrays).float()[..., None, :] - _PALETTE_RGB  # [n, S, S, 9, 3]
+    return diff.abs().sum(-1).argmin(-1)
+
+
+def sample_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n fresh scenes (1-4 objects, all backgrounds) -> (pixels [n,3,S,S], palette index [n,S,S])."""
+    arrays = np.stack([render_array(sample_scene(rng), IMAGE_SIZE, rng) for _ in range(n)])
+    return to_pixels(arrays), palette_index(arrays)
+
+
+def heldout_set(n: int = 500, seed: int = EVAL_SEED) -> tuple[list, np.ndarray]:
+    """The fixed evaluation set: (scenes, uint8 images [n, S, S, 3])."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    return scenes, np.stack([render_array(s, IMAGE_SIZE, rng) for s in scenes])
+
+
+# --- quantiser -------------------------------------------------------------------------
+
+
+def quantize(z: torch.Tensor, codebook: torch.Tensor, beta: float):
+    """Cosine VQ. z [n, C, h, w] raw latents, codebook [K, C] ->
+    (z_q with straight-through gradient [n, C, h, w], codes [n, h*w], codebook + beta*commit loss)."""
+    n, c, h, w = z.shape
+    z = F.normalize(z.float(), dim=1)
+    book = F.normalize(codebook, dim=1)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, c)
+    codes = (flat @ book.t()).argmax(1)
+    zq = book[codes].view(n, h, w, c).permute(0, 3, 1, 2)
+    loss = F.mse_loss(zq, z.detach()) + beta * F.mse_loss(z, zq.detach())
+    return z + (zq - z).detach(), codes.view(n, h * w), loss
+
+
+def latents(vq: VQModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Encoder + quant_conv, L2-normalised per position: [n, 3, S, S] -> [n*h*w, C]."""
+    z = F.normalize(vq.quant_conv(vq.encoder(pixels)).float(), dim=1)
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def kmeans_pp_init(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on unit vectors (distance 1 - cos): spreads the seeds over distinct
+    latents instead of piling them on the flat background patches that dominate the data."""
+    centres = [points[torch.randint(len(points), (1,), generator=gen)].squeeze(0)]
+    dist = (1 - points @ centres[0]).clamp_min(0)
+    for _ in range(k - 1):
+        probs = dist if dist.sum() > 0 else torch.ones_like(dist)
+        centres.append(points[torch.multinomial(probs, 1, generator=gen)].squeeze(0))
+        dist = torch.minimum(dist, (1 - points @ centres[-1]).clamp_min(0))
+    return torch.stack(centres)
+
+
+def spherical_kmeans(points: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Unit-norm centres [k, C] of unit points [N, C]; empty clusters keep their seed."""
+    centres = kmeans_pp_init(points, k, gen)
+    for _ in range(iters):
+        assign = (points @ centres.t()).argmax(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        filled = torch.bincount(assign, minlength=k) > 0
+        centres[filled] = F.normalize(sums[filled], dim=1)
+    return centres
+
+
+@torch.no_grad()
+def restart_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, flat: torch.Tensor, dead_usage: float,
+                       gen: torch.Generator) -> int:
+    """Move codes whose EMA usage < dead_usage onto latents of `flat` [N, C] (unit), drawn with
+    probability proportional to their quantisation error. Returns how many moved."""
+    dead = (usage < dead_usage).nonzero().squeeze(1)
+    if len(dead) == 0:
+        return 0
+    err = (1 - (flat @ codebook.t()).max(1).values).clamp_min(1e-8)
+    picks = torch.multinomial(err, len(dead), replacement=len(dead) > len(flat), generator=gen)
+    codebook[dead] = flat[picks]
+    usage[dead] = 1.0  # a grace period before it can be called dead again
+    return len(dead)
+
+
+# --- loss ------------------------------------------------------------------------------
+
+
+def edge_mask(index: torch.Tensor) -> torch.Tensor:
+    """[n, S, S] palette index -> bool mask of pixels whose 3x3 neighbourhood has another colour."""
+    f = index[:, None].float()
+    hi = F.max_pool2d(f, 3, 1, 1)
+    lo = -F.max_pool2d(-f, 3, 1, 1)
+    return (hi != lo)[:, 0]
+
+
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, index: torch.Tensor, cfg: TrainConfig):
+    """Edge-weighted MSE + L1 + palette cross-entropy. Returns (loss, plain MSE for logging)."""
+    y = y.float()
+    err = y - x
+    sq = err.pow(2).mean(1)  # [n, S, S]
+    w = 1 + cfg.edge_weight * edge_mask(index).float()
+    wmean = lambda t: (w * t).sum() / w.sum()  # noqa: E731
+    loss = wmean(sq) + cfg.l1_weight * wmean(err.abs().mean(1))
+    if cfg.palette_weight > 0:
+        dist = (y[:, None] - _PALETTE_PIX[None, :, :, None, None]).pow(2).sum(2)  # [n, 9, S, S]
+        loss = loss + cfg.palette_weight * wmean(F.cross_entropy(-dist / cfg.palette_tau, index, reduction="none"))
+    return loss, sq.mean().detach()
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+def _mistake(truth, image: np.ndarray) -> str | None:
+    """None if the parser reads `truth` back from `image`, else what went wrong first."""
+    try:
+        got = parse_image(image)
+    except SceneParseError:
+        return "unparsable"
+    if got == truth:
+        return None
+    if got.background != truth.background:
+        return "background"
+    if len(got.objects) != len(truth.objects):
+        return "count"
+    for field in ("position", "color", "size", "shape"):
+        if [getattr(o, field) for o in got.objects] != [getattr(o, field) for o in truth.objects]:
+            return field
+    return "other"
+
+
+@torch.no_grad()
+def reconstruct(vq: VQModel, pixels: torch.Tensor, quantized: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """decode(encode(pixels)) through the inference path, or through the normalised
+    continuous latents when quantized=False (autoencoder warm-up). -> (pixels, codes)."""
+    if quantized:
+        codes = vq.encode(pixels)
+        return vq.decode(codes), codes
+    z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
+    return vq.decoder(vq.post_quant_conv(z)), None
+
+
+@torch.no_grad()
+def evaluate_readback(vq_model: VQModel, scenes, images: np.ndarray | None = None, *, batch_size: int = 100,
+                      quantized: bool = True, bf16: bool = False) -> dict:
+    """Readback of `scenes` through `vq_model`: parse_image(decode(encode(image))) == scene.
+
+    images: uint8 [n, S, S, 3] renders of the scenes (rendered here, seeded, if None).
+    Returns readback overall and by number of objects, first mistake kinds, MSE, palette
+    pixel accuracy, codes used and code perplexity (quantized only).
+    """
+    if images is None:
+        rng = random.Random(EVAL_SEED)
+        images = np.stack([render_array(s, IMAGE_SIZE, rng) for s in scenes])
+    was_training = vq_model.training
+    vq_model.eval()
+    outs, codes, sq = [], [], 0.0
+    for i in range(0, len(scenes), batch_size):
+        x = to_pixels(images[i:i + batch_size])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y, c = reconstruct(vq_model, x, quantized)
+        sq += (y.float().clamp(-1, 1) - x).pow(2).mean((1, 2, 3)).sum().item()
+        outs.append(to_uint8(y))
+        if c is not None:
+            codes.append(c.flatten())
+    vq_model.train(was_training)
+    recon = np.concatenate(outs)
+    mistakes = [_mistake(s, im) for s, im in zip(scenes, recon)]
+    by_n: dict[int, list[bool]] = {}
+    for s, m in zip(scenes, mistakes):
+        by_n.setdefault(len(s.objects), []).append(m is None)
+    kinds: dict[str, int] = {}
+    for m in mistakes:
+        if m is not None:
+            kinds[m] = kinds.get(m, 0) + 1
+    right = palette_index(recon) == palette_index(images)
+    result = {
+        "readback": sum(m is None for m in mistakes) / len(scenes),
+        "readback_by_objects": {n: round(sum(v) / len(v), 4) for n, v in sorted(by_n.items())},
+        "mistakes": kinds,
+        "mse": sq / len(scenes),
+        "palette_acc": right.float().mean().item(),
+    }
+    if codes:
+        counts = torch.bincount(torch.cat(codes), minlength=vq_model.cfg.num_embeddings).float()
+        p = counts[counts > 0] / counts.sum()
+        result["codes_used"] = int((counts > 0).sum())
+        result["code_perplexity"] = float(torch.exp(-(p * p.log()).sum()))
+    return result
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+def vq_state_dict(vq: VQModel) -> dict[str, torch.Tensor]:
+    """float32 state dict with the codebook normalised (unit rows)."""
+    sd = {k: v.detach().float().contiguous().clone() for k, v in vq.state_dict().items()}
+    sd["quantize.embedding.weight"] = F.normalize(sd["quantize.embedding.weight"], dim=1)
+    return sd
+
+
+def save_vq(vq: VQModel, vq_config: dict, out_dir: Path) -> None:
+    save_file(vq_state_dict(vq), str(out_dir / "vq.safetensors"))
+    (out_dir / "vq_config.json").write_text(json.dumps(vq_config, indent=2) + "\n")
+
+
+def load_vq(out_dir: str | Path) -> VQModel:
+    """VQModel from out_dir/vq_config.json + out_dir/vq.safetensors."""
+    out_dir = Path(out_dir)
+    vq = VQModel(VQConfig.from_dict(json.loads((out_dir / "vq_config.json").read_text())))
+    vq.load_state_dict(load_file(str(out_dir / "vq.safetensors")))
+    return vq.eval()
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / cfg.lr_warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * warm * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
+
+
+def _init_codebook(vq: VQModel, data_rng: random.Random, cfg: TrainConfig, gen: torch.Generator) -> None:
+    """k-means codebook from the warmed-up encoder's latents on fresh images."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        pts = torch.cat([latents(vq, sample_batch(data_rng, 64)[0]) for _ in range(cfg.kmeans_images // 64)])
+    book = spherical_kmeans(pts.float(), vq.cfg.num_embeddings, cfg.kmeans_iters, gen)
+    vq.quantize.embedding.weight.data.copy_(book)
+
+
+def _train_step(vq, opt, batch, state, cfg: TrainConfig, gen) -> tuple[float, float]:
+    x, index = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        z = vq.quant_conv(vq.encoder(x))
+    if state["phase"] == "ae":
+        zq, qloss = F.normalize(z.float(), dim=1), torch.zeros(())
+    else:
+        zq, codes, qloss = quantize(z, vq.quantize.embedding.weight, cfg.beta)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        y = vq.decoder(vq.post_quant_conv(zq))
+    rloss, mse = reconstruction_loss(y, x, index, cfg)
+    loss = rloss + qloss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vq.parameters(), cfg.grad_clip)
+    opt.step()
+    book = vq.quantize.embedding.weight
+    with torch.no_grad():
+        book.copy_(F.normalize(book, dim=1))
+    if state["phase"] == "vq":
+        usage = state["usage"]
+        usage.mul_(0.99).add_(torch.bincount(codes.flatten(), minlength=len(usage)).float(), alpha=0.01)
+        if state["step"] % cfg.restart_every == 0:
+            flat = F.normalize(z.detach().float(), dim=1).permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            state["restarted"] += restart_dead_codes(book.data, usage, flat, cfg.dead_usage, gen)
+    return loss.item(), mse.item()
+
+
+def _new_state(vq_config: dict, cfg: TrainConfig, seed: int) -> tuple[VQModel, torch.optim.Optimizer, dict]:
+    torch.manual_seed(seed)
+    vq = VQModel(VQConfig.from_dict(vq_config))  # PyTorch default init (design §8)
+    opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    state = {"step": 0, "elapsed": 0.0, "phase": "ae", "best": None, "restarted": 0,
+             "usage": torch.ones(vq.cfg.num_embeddings), "data_rng": random.Random(seed).getstate(),
+             "gen": torch.Generator().manual_seed(seed).get_state(), "train_config": dataclasses.asdict(cfg),
+             "vq_config": vq_config, "seed": seed}
+    return vq, opt, state
+
+
+def _load_state(path: Path) -> tuple[VQModel, torch.optim.Optimizer, dict, TrainConfig]:
+    ckpt = torch.load(path, weights_only=False)
+    cfg = TrainConfig(**ckpt["state"]["train_config"])
+    vq, opt, _ = _new_state(ckpt["state"]["vq_config"], cfg, ckpt["state"]["seed"])
+    vq.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    return vq, opt, ckpt["state"], cfg
+
+
+def _checkpoint(vq, opt, state, data_rng, gen, path: Path) -> None:
+    state["data_rng"], state["gen"] = data_rng.getstate(), gen.get_state()
+    _atomic_save({"model": vq.state_dict(), "optimizer": opt.state_dict(), "state": state}, path)
+
+
+def _evaluate(vq, state, heldout, cfg: TrainConfig, out_dir: Path, window: dict, vq_config: dict) -> dict:
+    """Evaluate, log a metrics line, and keep the best quantised model by readback."""
+    quantized = state["phase"] == "vq"
+    res = evaluate_readback(vq, *heldout, quantized=quantized)
+    row = {"step": state["step"], "minutes": round(state["elapsed"] / 60, 2), "phase": state["phase"],
+           "train_loss": window["loss"] / max(window["n"], 1), "train_mse": window["mse"] / max(window["n"], 1),
+           "steps_per_s": window["n"] / max(window["seconds"], 1e-9), "restarted": state["restarted"], **res}
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    key = (res["readback"], -res["mse"])
+    if quantized and (state["best"] is None or key > tuple(state["best"])):
+        state["best"] = list(key)
+        _atomic_save({"model": vq.state_dict(), "step": state["step"], "metrics": row}, out_dir / "best.pt")
+        save_vq(vq, vq_config, out_dir)
+    window.update(loss=0.0, mse=0.0, n=0, seconds=0.0)
+    return row
+
+
+def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = True,
+             cfg: TrainConfig | None = None, vq_config: dict | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a VQ tokenizer in out_dir until `minutes` of total budget are spent.
+    cfg / vq_config apply to a new run; a resumed run keeps the ones it started with, except
+    the RUNTIME_FIELDS of cfg (threads, eval and checkpoint cadence).
+    Returns the final evaluation row."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.pt"
+    if resume and last.exists():
+        vq, opt, state, stored = _load_state(last)
+        # Recipe fields stay as the run began; how it runs (threads, eval cadence) may change.
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS} if cfg else {}
+        cfg = dataclasses.replace(stored, **runtime)
+        state["train_config"] = dataclasses.asdict(cfg)
+    else:
+        cfg = cfg or TrainConfig()
+        vq, opt, state = _new_state(dict(vq_config or BUNDLED_VQ_CONFIG), cfg, seed)
+    torch.set_num_threads(cfg.threads)
+    data_rng = random.Random()
+    data_rng.setstate(state["data_rng"])
+    gen = torch.Generator()
+    gen.set_state(state["gen"])
+    heldout = heldout_set(cfg.eval_scenes)
+    budget = minutes * 60.0
+    window = {"loss": 0.0, "mse": 0.0, "n": 0, "seconds": 0.0}
+    last_eval = last_ckpt = state["elapsed"]
+    bar = tqdm(total=round(budget), initial=round(min(state["elapsed"], budget)), unit="s", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    vq.train()
+    row = None
+    while state["elapsed"] < budget:
+        t0 = time.perf_counter()
+        frac = state["elapsed"] / budget
+        if state["phase"] == "ae" and frac >= cfg.ae_frac:  # end of warm-up: score it, then k-means
+            tqdm.write(_summary(_evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])), file=sys.stderr)
+            _init_codebook(vq, data_rng, cfg, gen)
+            state["phase"] = "vq"
+            last_eval = state["elapsed"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, state["step"], frac)
+        loss, mse = _train_step(vq, opt, sample_batch(data_rng, cfg.batch_size), state, cfg, gen)
+        state["step"] += 1
+        dt = time.perf_counter() - t0
+        window.update(loss=window["loss"] + loss, mse=window["mse"] + mse, n=window["n"] + 1,
+                      seconds=window["seconds"] + dt)
+        state["elapsed"] += dt
+        bar.update(round(state["elapsed"]) - bar.n)
+        bar.set_postfix(step=state["step"], phase=state["phase"], loss=f"{loss:.4f}", mse=f"{mse:.4f}", refresh=False)
+        if state["elapsed"] - last_eval >= cfg.eval_minutes * 60 and state["elapsed"] < budget:
+            t1 = time.perf_counter()
+            row = _evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])
+            tqdm.write(_summary(row), file=sys.stderr)
+            state["elapsed"] += time.perf_counter() - t1
+            last_eval = state["elapsed"]
+        if state["elapsed"] - last_ckpt >= cfg.ckpt_minutes * 60:
+            _checkpoint(vq, opt, state, data_rng, gen, last)
+            last_ckpt = state["elapsed"]
+    if window["n"] or row is None:
+        row = _evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])
+        tqdm.write(_summary(row), file=sys.stderr)
+    _checkpoint(vq, opt, state, data_rng, gen, last)
+    bar.close()
+    return row
+
+
+def _summary(row: dict) -> str:
+    return (f"[eval] step {row['step']} {row['minutes']:.1f} min {row['phase']}: readback {row['readback']:.3f} "
+            f"{row['readback_by_objects']} mse {row['mse']:.4f} palette_acc {row['palette_acc']:.4f} "
+            f"codes {row.get('codes_used', '-')} mistakes {row['mistakes']} ({row['steps_per_s']:.2f} steps/s)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train the shapes-world VQ image tokenizer (see module docstring).")
+    p.add_argument("--out", default="runs/vq")
+    p.add_argument("--minutes", type=float, default=75.0, help="total wall-clock budget across resumes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if out/last.pt exists")
+    p.add_argument("--eval-only", action="store_true", help="evaluate out/vq.safetensors and exit")
+    for f in dataclasses.fields(TrainConfig):  # every field is a flag (new runs; RUNTIME_FIELDS always)
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    p.add_argument("--vq-config", default=None, help="JSON overrides of BUNDLED_VQ_CONFIG (new runs only)")
+    args = p.parse_args(argv)
+    if args.eval_only:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(evaluate_readback(load_vq(args.out), *heldout_set(args.eval_scenes))))
+        return
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    vq_config = {**BUNDLED_VQ_CONFIG, **json.loads(args.vq_config or "{}")}
+    row = train_vq(args.out, args.minutes, seed=args.seed, resume=not args.no_resume, cfg=cfg, vq_config=vq_config)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
