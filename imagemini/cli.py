@@ -202,6 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--max-tokens", type=int, default=128)
     h.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     h.set_defaults(func=cmd_bench)
+    st = bench.add_parser("structured", help="tokens/s with and without a JSON schema, and the grammar mask's cost")
+    st.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
+    st.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    st.add_argument("--max-tokens", type=int, default=128)
+    st.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    st.set_defaults(func=cmd_bench)
     from imagemini.bench import images as bench_images
 
     i = bench.add_parser("images", help="encoder cache: hit vs miss latency for a resent image")

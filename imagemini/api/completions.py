@@ -16,6 +16,10 @@ Generated images (image output, issue 6) are decoded by the VQ decoder into PNG 
 the event loop, and come back in `message.images` (non-stream) or, in a stream, as
 `delta.images` in the chunk of the step that completed them. Their codes count in
 `completion_tokens` and in `completion_tokens_details.image_tokens`.
+
+A thought (reasoning, issue 8) comes back as `message.reasoning` + `message.reasoning_details`,
+in a stream as `delta.reasoning` + `delta.reasoning_details`, unless the request excluded it; its
+tokens always count in `completion_tokens_details.reasoning_tokens` (api/structured.py).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .schemas import (
     Delta,
     ErrorDetail,
     ImageOutput,
+    ReasoningDetail,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -141,6 +146,13 @@ class ResponseContext:
     card: LoadedCard
     input_images: int = 0  # priced per image (card pricing.image), on top of their prompt tokens
     writer: ImageWriter | None = None  # set when the request may draw
+    show_reasoning: bool = False  # the thought's text goes out (reasoning on and not excluded)
+
+    def reasoning_fields(self, text: str) -> dict:
+        """`reasoning` and `reasoning_details` of a message or delta (nothing when not shown)."""
+        if not self.show_reasoning:
+            return {}
+        return {"reasoning": text, "reasoning_details": [ReasoningDetail(text=text)]}
 
     async def image_urls(self, out: SequenceOutput) -> list[str]:
         """PNG data URLs of the images completed in this delta (decoded in a worker thread)."""
@@ -156,11 +168,15 @@ class ChoiceResult:
     images: list[str] = field(default_factory=list)
     num_output_tokens: int = 0
     num_image_tokens: int = 0
+    reasoning: list[str] = field(default_factory=list)
+    num_reasoning_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
 
     def add(self, out: SequenceOutput, images: list[str]) -> None:
         self.text.append(out.text)
+        self.reasoning.append(out.reasoning)
+        self.num_reasoning_tokens = out.num_reasoning_tokens
         self.logprobs.extend(out.logprobs)
         self.images.extend(images)
         self.num_output_tokens = out.num_output_tokens
@@ -184,14 +200,18 @@ def logprob_entries(tokenizer: Tokenizer, logprobs: list[EngineLogprob]) -> list
     ]
 
 
-def usage(ctx: ResponseContext, completion_tokens: int, image_tokens: int = 0) -> Usage:
-    # Prompt tokens count once whatever n is, as OpenAI bills them.
+def usage(ctx: ResponseContext, completion_tokens: int, image_tokens: int = 0, reasoning_tokens: int = 0) -> Usage:
+    # Prompt tokens count once whatever n is, as OpenAI bills them. Thought tokens are part of the
+    # completion tokens (priced at pricing.internal_reasoning), shown or excluded alike.
     return Usage(
         prompt_tokens=ctx.prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=ctx.prompt_tokens + completion_tokens,
-        completion_tokens_details=CompletionTokensDetails(image_tokens=image_tokens),
-        cost=ctx.card.cost(ctx.prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=ctx.input_images),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens, image_tokens=image_tokens),
+        cost=ctx.card.cost(
+            ctx.prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=ctx.input_images,
+            reasoning_tokens=reasoning_tokens,
+        ),
     )
 
 
@@ -231,7 +251,9 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
     choices = [
         Choice(
             index=i,
-            message=AssistantMessage(content="".join(r.text), images=image_outputs(r.images)),
+            message=AssistantMessage(
+                content="".join(r.text), images=image_outputs(r.images), **ctx.reasoning_fields("".join(r.reasoning))
+            ),
             logprobs=ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, r.logprobs)) if ctx.logprobs else None,
             finish_reason=r.finish_reason,
         )
@@ -243,7 +265,10 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
         model=ctx.model,
         system_fingerprint=ctx.system_fingerprint,
         choices=choices,
-        usage=usage(ctx, sum(r.num_output_tokens for r in results), sum(r.num_image_tokens for r in results)),
+        usage=usage(
+            ctx, sum(r.num_output_tokens for r in results), sum(r.num_image_tokens for r in results),
+            sum(r.num_reasoning_tokens for r in results),
+        ),
     )
 
 
@@ -257,9 +282,10 @@ def _chunk(ctx: ResponseContext, choices: list[ChunkChoice], **extra) -> str:
 
 def _delta_chunks(ctx: ResponseContext, index: int, out: SequenceOutput, images: list[str]) -> list[str]:
     chunks = []
-    if out.text or out.logprobs or images:
+    thought = out.reasoning if ctx.show_reasoning else ""
+    if out.text or out.logprobs or images or thought:
         logprobs = ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, out.logprobs)) if ctx.logprobs else None
-        delta = Delta(content=out.text, images=image_outputs(images))
+        delta = Delta(content=out.text, images=image_outputs(images), **(ctx.reasoning_fields(thought) if thought else {}))
         chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=delta, logprobs=logprobs)]))
     if out.finish_reason in ("stop", "length"):
         chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(), finish_reason=out.finish_reason)]))
@@ -275,6 +301,7 @@ async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: i
     """SSE events of one completion. Closing this generator (client gone) withdraws every choice."""
     completion_tokens = [0] * runs.n
     image_tokens = [0] * runs.n
+    reasoning_tokens = [0] * runs.n
     try:
         for index in range(runs.n):
             yield _chunk(ctx, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
@@ -282,12 +309,13 @@ async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: i
             async for index, out in outputs:
                 completion_tokens[index] = out.num_output_tokens
                 image_tokens[index] = out.num_image_tokens
+                reasoning_tokens[index] = out.num_reasoning_tokens
                 for event in _delta_chunks(ctx, index, out, await ctx.image_urls(out)):
                     yield event
                 if out.finish_reason in ("abort", "error"):
                     yield _error_chunk(ctx, index, failure(out.finish_reason, out.error, retry_after_s))
                     return
-        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens), sum(image_tokens)))
+        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens), sum(image_tokens), sum(reasoning_tokens)))
         yield "data: [DONE]\n\n"
     except Exception as exc:  # a choice refused after the stream began (a race at admission), or a bug
         if not isinstance(exc, (EngineOverloaded, ValueError)):

@@ -39,7 +39,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .schemas import Architecture, ModelCard, Pricing, TopProvider
+from .schemas import Architecture, ModelCard, Pricing, ReasoningCapability, TopProvider
 
 # What the HTTP layer can carry: the card never claims more than this.
 SERVED_INPUT_MODALITIES = ("text", "image", "file")
@@ -57,12 +57,18 @@ SUPPORTED_PARAMETERS = [
     "modalities",
     "n",
     "presence_penalty",
+    "response_format",
     "seed",
     "stop",
+    "structured_outputs",
     "temperature",
     "top_logprobs",
     "top_p",
 ]
+
+# Added when the checkpoint can think (api/structured.py: thinking_supported).
+REASONING_PARAMETERS = ["include_reasoning", "reasoning"]
+REASONING_EFFORTS = ["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 MILLION = Decimal(1_000_000)
 
@@ -128,8 +134,12 @@ class LoadedCard:
     def matches(self, model: str) -> bool:
         return model == self.card.id or model == self.card.id.rsplit("/", 1)[-1]
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, image_tokens: int = 0, input_images: int = 0) -> float:
-        return self.prices.cost(prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=input_images)
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, image_tokens: int = 0, input_images: int = 0, reasoning_tokens: int = 0
+    ) -> float:
+        return self.prices.cost(
+            prompt_tokens, completion_tokens, reasoning_tokens=reasoning_tokens, image_tokens=image_tokens, input_images=input_images
+        )
 
     @property
     def inputs(self) -> list[str]:
@@ -140,7 +150,8 @@ class LoadedCard:
         return self.card.architecture.output_modalities
 
 
-def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) -> LoadedCard:
+def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int, reasoning: bool = False) -> LoadedCard:
+    """`reasoning`: the checkpoint can think (the card then offers reasoning and says how)."""
     model_dir = Path(model_dir).resolve()
     path = model_dir / "model_card.json"
     raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -155,6 +166,8 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) ->
         parameters = sorted([*parameters, "image_config"])
     else:
         parameters.remove("modalities")
+    if reasoning:
+        parameters = sorted([*parameters, *REASONING_PARAMETERS])
     card = ModelCard(
         id=raw.get("id", f"imagemini/{model_dir.name}"),
         created=int(raw.get("created", (model_dir / "model.safetensors").stat().st_mtime)),
@@ -171,5 +184,6 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int) ->
         pricing=prices.pricing(),
         supported_parameters=parameters,
         top_provider=TopProvider(context_length=max_sequence_tokens, max_completion_tokens=max_sequence_tokens - 1),
+        reasoning=ReasoningCapability(supported_efforts=REASONING_EFFORTS, default_effort="medium") if reasoning else None,
     )
     return LoadedCard(card, prices)

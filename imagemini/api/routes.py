@@ -36,6 +36,7 @@ from .errors import APIError, bad_request, from_validation_error
 from .sampling import check_request, check_room_for_image, choice_params, completion_budget, draws_first
 from .schemas import ChatCompletionRequest, ModelList
 from .state import ServerState
+from .structured import card_thinks, constrain, reasoning_plan, response_grammar
 
 T = TypeVar("T")
 
@@ -148,12 +149,14 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
     check_request(chat, limits)
     if not state.card.matches(chat.model):
         raise model_not_found(chat.model, param="model")
+    plan = reasoning_plan(chat, state.card)  # thinking on/off (structured.py)
+    grammar = await response_grammar(chat, state.engine.engine.grammars)  # compiled in a worker thread
     inputs = state.card.inputs
     messages = parse_messages(chat.messages, accept_images="image" in inputs, accept_files="file" in inputs)
 
     def prepare() -> tuple[list[int], list]:
         resolved = resolve_messages(messages, state.media, settings.max_images)
-        ids, images = state.prompts.encode(resolved)
+        ids, images = state.prompts.encode(resolved, **plan.template_options)
         if len(images) > settings.max_images:
             raise too_many_images(len(images), settings.max_images)
         return state.processor.expand_images(ids), images
@@ -166,10 +169,13 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
     drawing_first = draws_first(chat, limits.image)
     if drawing_first:
         ids = ids + list(limits.image.start_ids)  # the answer starts with an image
+    plan.check_draws_first(drawing_first)
     budget = completion_budget(chat, len(ids), limits)
+    budget, thought = plan.budgets(chat, budget, len(ids), limits)
     if drawing_first:
         check_room_for_image(chat, budget, len(ids), limits)
     params = choice_params(chat, budget, limits)
+    params = constrain(params, grammar, thought, state.engine.engine.think if card_thinks(state.card) else None)
     state.check_capacity(len(params))
     embeds = None
     if images:
@@ -186,6 +192,7 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
         card=state.card,
         input_images=len(images),
         writer=state.writer if chat.wants_image else None,
+        show_reasoning=plan.thinking and not plan.exclude,
     )
     runs = ChoiceRuns(state.engine, ids, params, ctx.id, embeds)
     try:

@@ -11,8 +11,9 @@ range is declared on its field. The rule for fields this module does not declare
 
 Responses follow OpenAI's `CreateChatCompletionResponse` / `...StreamResponse`, plus
 OpenRouter's additive fields (`usage.cost`, `usage.completion_tokens_details.image_tokens`,
-`message.images` / `delta.images` with generated pictures; `message.reasoning` is declared for a
-later issue; those are left out of the JSON while they are None).
+`message.images` / `delta.images` with generated pictures, `message.reasoning` /
+`message.reasoning_details` and their `delta` twins with the thought (issue 8, api/structured.py);
+those are left out of the JSON while they are None).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class ChatMessage(_Request):
     function_call: dict[str, Any] | None = None  # refused
     tool_call_id: str | None = None
     audio: dict[str, Any] | None = None  # refused
+    # An earlier answer's thought, as this server returned it: accepted, NOT rendered into the
+    # prompt (earlier thoughts are dropped from the history, as DeepSeek-R1 does; api/structured.py).
+    reasoning: str | None = None
+    reasoning_details: list[dict[str, Any]] | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -168,15 +173,16 @@ class ChatCompletionRequest(_Request):
     store: bool | None = None  # false/null only: nothing is stored (true is refused below)
     service_tier: Literal["auto", "default"] | None = None
     parallel_tool_calls: bool | None = None  # meaningless without tools
-    include_reasoning: bool | None = None  # false: nothing to exclude; true: refused below
     # --- image output (issue 6) ------------------------------------------------------------------
     modalities: Annotated[list[Literal["text", "image"]], Field(min_length=1)] | None = None
     image_config: ImageConfig | None = None
-    # --- recognised, not supported yet: 400 when used ----------------------------------------------
+    # --- structured output and reasoning (issue 8, api/structured.py) -----------------------------
     response_format: ResponseFormat | None = None
-    structured_outputs: bool | None = None
+    structured_outputs: bool | None = None  # OpenRouter's capability flag: accepted, no effect of its own
     reasoning: ReasoningConfig | None = None
-    reasoning_effort: ReasoningEffort | None = None
+    reasoning_effort: ReasoningEffort | None = None  # shorthand of reasoning.effort
+    include_reasoning: bool | None = None  # legacy: true == reasoning {}, false == reasoning {exclude: true}
+    # --- recognised, not supported yet: 400 when used ----------------------------------------------
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
@@ -217,12 +223,6 @@ class ChatCompletionRequest(_Request):
         """(param, what) for each recognised-but-unsupported feature this request uses."""
         neutral = {"top_k": 0, "min_p": 0.0, "top_a": 0.0, "repetition_penalty": 1.0}
         checks = [
-            ("response_format", f"response_format {self.response_format.type if self.response_format else ''}",
-             self.response_format is not None and self.response_format.type != "text"),
-            ("structured_outputs", "structured_outputs", bool(self.structured_outputs)),
-            ("reasoning", "reasoning", self.reasoning is not None),
-            ("reasoning_effort", "reasoning_effort", self.reasoning_effort is not None),
-            ("include_reasoning", "include_reasoning: true", bool(self.include_reasoning)),
             ("tools", "tools", bool(self.tools)),
             ("tool_choice", "tool_choice", self.tool_choice not in (None, "none")),
             ("functions", "functions", bool(self.functions)),
@@ -259,12 +259,22 @@ class ImageOutput(BaseModel):  # OpenRouter: {"type": "image_url", "image_url": 
     image_url: dict[str, str]
 
 
+class ReasoningDetail(BaseModel):  # OpenRouter's reasoning_details[] item; null fields are sent as null
+    type: Literal["reasoning.text"] = "reasoning.text"
+    text: str
+    signature: str | None = None
+    id: str | None = None
+    format: str = "unknown"
+    index: int = 0
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
     images: list[ImageOutput] | None = Field(None, **OMIT_NONE)
     reasoning: str | None = Field(None, **OMIT_NONE)
+    reasoning_details: list[ReasoningDetail] | None = Field(None, **OMIT_NONE)
 
 
 class Choice(BaseModel):
@@ -307,6 +317,7 @@ class Delta(BaseModel):
     content: str | None = Field(None, **OMIT_NONE)
     images: list[ImageOutput] | None = Field(None, **OMIT_NONE)
     reasoning: str | None = Field(None, **OMIT_NONE)
+    reasoning_details: list[ReasoningDetail] | None = Field(None, **OMIT_NONE)
 
 
 class ChunkChoice(BaseModel):
@@ -360,6 +371,14 @@ class TopProvider(BaseModel):
     is_moderated: bool = False
 
 
+class ReasoningCapability(BaseModel):
+    """What a checkpoint that can think accepts (api/structured.py): every effort maps to a budget."""
+
+    supported_efforts: list[str]
+    default_effort: str
+    supports_max_tokens: bool = True
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -373,6 +392,7 @@ class ModelCard(BaseModel):
     supported_parameters: list[str]
     top_provider: TopProvider
     per_request_limits: dict[str, str] | None = None
+    reasoning: ReasoningCapability | None = Field(None, **OMIT_NONE)  # absent: the checkpoint cannot think
 
 
 class ModelList(BaseModel):

@@ -31,6 +31,7 @@ from .errors import APIError, overloaded
 from .media import MediaReader
 from .model_card import LoadedCard, load_card
 from .sampling import ImageOutput, Limits
+from .structured import thinking_supported
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ServerState:
         banned = tuple(t for t in (special.boi, special.eoi, special.image) if t is not None)
         # Image mode: the model may open an image; the engine itself closes it.
         image_banned = tuple(t for t in (special.eoi, special.image) if t is not None)
-        card = load_card(model_dir, core.context_length, max_sequence)
+        card = load_card(model_dir, core.context_length, max_sequence, reasoning=thinking_supported(tokenizer))
         processor = Processor.from_dir(model_dir, tokenizer)
         limits = Limits(
             max_sequence_tokens=max_sequence,

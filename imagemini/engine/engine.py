@@ -8,6 +8,11 @@
 `add_request` and `abort` are safe to call from any thread (they go through an inbox the
 step drains); `step` runs on one thread only. `AsyncEngine` (async_engine.py) runs the
 steps on a background thread and hands each request its outputs through asyncio.
+
+Constrained rows (structured.py): a request with `params.grammar` samples only tokens its
+grammar allows and ends ("stop") when the grammar is complete; one with `reasoning_budget > 0`
+starts inside a thought (the prompt opened it), whose text goes to `SequenceOutput.reasoning`,
+and which the engine closes with the end-of-thinking token when the budget is spent.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import torch
 from imagemini.models.janus import Janus, load_janus, weights_digest
 from imagemini.models.tokenizer import Tokenizer
 
-from . import sampler
+from . import sampler, structured
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import Sequence, SequenceOutput, Status
+from .structured import GrammarCompiler, RowMasks
 
 ENGINE_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -65,6 +71,10 @@ class Engine:
         self.context_length = model.cfg.text.max_position_embeddings
         self.num_image_tokens = model.cfg.vq.num_patches**2
         self.code_offset = model.cfg.text.vocab_size  # image codes live above the text vocabulary
+        special = tokenizer.special
+        # The thought's delimiters (think_start, think_end), when the tokenizer has both.
+        self.think = (special.think_start, special.think_end) if None not in (special.think_start, special.think_end) else None
+        self.grammars = GrammarCompiler(tokenizer, model.cfg.text.vocab_size)
         self.system_fingerprint = "fp_" + hashlib.sha256(
             f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}".encode()
         ).hexdigest()[:12]
@@ -98,6 +108,10 @@ class Engine:
         bad = [t for t in prompt_ids if not 0 <= t < self.tokenizer.vocab_size]
         if bad:
             raise ValueError(f"prompt holds token ids outside the vocabulary: {bad[:5]}")
+        if params.reasoning_budget is not None and self.think is None:
+            raise ValueError("this model has no thinking delimiters: it cannot reason")
+        if params.thinks and prompt_ids[-1] != self.think[0]:
+            raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
         request_id = request_id or f"seq-{next(self._ids)}"
         stops = tuple(params.stop_token_ids) or (self.tokenizer.special.eos,)
         params = params if params.stop_token_ids else _with_stop_ids(params, stops)
@@ -105,6 +119,8 @@ class Engine:
             request_id, list(prompt_ids), params, IncrementalDetokenizer(self.tokenizer, params.stop), prompt_embeds,
             code_offset=self.code_offset,
         )
+        if params.thinks:
+            seq.thought = IncrementalDetokenizer(self.tokenizer)
         if params.uses_guidance:
             seq.cfg_partner = Sequence(f"{request_id}/uncond", [], params, None, code_offset=self.code_offset)
         if params.image_output and prompt_ids[-1] == self.tokenizer.special.boi:
@@ -138,12 +154,35 @@ class Engine:
         image = [s for s in mains if s.in_image]
         if text:
             logits = self.runner.text_logits(hidden[[row_of[id(s)] for s in text]])
-            tokens, logprobs = sampler.sample(logits, text)
+            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text))
             outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
         if image:
             codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
             outputs.extend(self._advance_image(seq, int(code)) for seq, code in zip(image, codes))
-        return [o for o in outputs if o.finished or o.token_ids or o.text or o.images]
+        return [o for o in outputs if o.finished or o.token_ids or o.text or o.images or o.reasoning]
+
+    def _row_masks(self, seqs: list[Sequence]) -> RowMasks | None:
+        """This step's allowed tokens of every constrained row (thoughts, answers after them, grammars)."""
+        rows = [i for i, s in enumerate(seqs) if s.constrained]
+        if not rows:
+            return None
+        masks = structured.bitmask(len(rows), self.code_offset)
+        for j, i in enumerate(rows):
+            self._constrain(seqs[i], masks[j])
+        return RowMasks(rows, masks)
+
+    def _constrain(self, seq: Sequence, row) -> None:
+        if seq.thinking:
+            if seq.num_reasoning_tokens + 1 >= seq.params.reasoning_budget:
+                row.zero_()  # the budget is spent: the thought closes now
+                structured.set_tokens(row, [self.think[1]], True)
+            else:  # a thought cannot end the completion, open another thought, or draw
+                banned = [*seq.params.stop_token_ids, self.think[0], self.tokenizer.special.boi]
+                structured.set_tokens(row, [t for t in banned if t is not None], False)
+        elif seq.matcher is not None:
+            seq.matcher.fill(row)  # special tokens (the think delimiters too) are never in a JSON answer
+        elif self.think is not None:
+            structured.set_tokens(row, self.think, False)
 
     def _guided_image_logits(self, hidden: torch.Tensor, row_of: dict[int, int], seqs: list[Sequence]) -> torch.Tensor:
         """uncond + scale·(cond − uncond) per image row (just cond where guidance is off)."""
@@ -199,7 +238,21 @@ class Engine:
                 outputs.append(self._finish(seq, "abort", "", []))
         return outputs
 
+    def _advance_thought(self, seq: Sequence, token: int) -> SequenceOutput:
+        """One token of the thought: its text goes to `reasoning`; its end starts the answer."""
+        seq.append(token)
+        seq.num_reasoning_tokens += 1
+        reasoning = seq.thought.push(token)
+        if token == self.think[1]:
+            seq.thinking = False
+            reasoning += seq.thought.finish()
+        if len(seq.output_ids) >= seq.params.max_tokens:  # unreachable: the budget leaves the answer room
+            return self._finish(seq, "length", seq.detokenizer.finish(), [], reasoning=reasoning)
+        return self._output(seq, [token], "", [], reasoning=reasoning)
+
     def _advance(self, seq: Sequence, token: int, logprob) -> SequenceOutput:
+        if seq.thinking:
+            return self._advance_thought(seq, token)
         if token in seq.params.stop_token_ids:
             seq.append(token)
             return self._finish(seq, "stop", seq.detokenizer.finish(), [])
@@ -211,25 +264,34 @@ class Engine:
             self._start_image(seq)
             return self._output(seq, [token], "", [logprob] if logprob is not None else [])
         seq.append(token)
+        if seq.matcher is not None and not seq.matcher.consume(token):
+            log.error("request %s: grammar refused token %d: %s", seq.request_id, token, seq.matcher.error)
+            return self._finish(seq, "error", "", [], error="internal error in structured output")
         text = seq.detokenizer.push(token)
         lps = [logprob] if logprob is not None else []
-        if seq.detokenizer.stopped:
-            return self._finish(seq, "stop", text, lps)
+        if seq.detokenizer.stopped or (seq.matcher is not None and seq.matcher.done):
+            return self._finish(seq, "stop", text + seq.detokenizer.finish(), lps)
         if len(seq.output_ids) >= seq.params.max_tokens:
             return self._finish(seq, "length", text + seq.detokenizer.finish(), lps)
         return self._output(seq, [token], text, lps)
 
-    def _finish(self, seq: Sequence, reason: str, text: str, lps: list, error: str | None = None) -> SequenceOutput:
+    def _finish(
+        self, seq: Sequence, reason: str, text: str, lps: list, error: str | None = None, reasoning: str = ""
+    ) -> SequenceOutput:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         self.scheduler.remove(seq)
         self._sequences.pop(seq.request_id, None)
         tokens = seq.output_ids[-1:] if reason in ("stop", "length") else []
-        return self._output(seq, tokens, text, lps, error)
+        return self._output(seq, tokens, text, lps, error, reasoning)
 
-    def _output(self, seq: Sequence, tokens: list[int], text: str, lps: list, error: str | None = None) -> SequenceOutput:
+    def _output(
+        self, seq: Sequence, tokens: list[int], text: str, lps: list, error: str | None = None, reasoning: str = ""
+    ) -> SequenceOutput:
         images, seq.new_images = seq.new_images, []
         return SequenceOutput(
+            reasoning=reasoning,
+            num_reasoning_tokens=seq.num_reasoning_tokens,
             images=images,
             num_image_tokens=seq.num_image_tokens,
             request_id=seq.request_id,
@@ -254,7 +316,11 @@ class Engine:
         params = params if isinstance(params, list) else [params] * len(prompts)
         embeds = prompt_embeds or [None] * len(prompts)
         ids = [self.add_request(p, sp, prompt_embeds=e) for p, sp, e in zip(prompts, params, embeds)]
-        results = {i: {"token_ids": [], "text": "", "logprobs": [], "images": [], "finish_reason": None} for i in ids}
+        results = {
+            i: {"token_ids": [], "text": "", "reasoning": "", "num_reasoning_tokens": 0, "logprobs": [], "images": [],
+                "finish_reason": None}
+            for i in ids
+        }
         while self.has_work():
             for out in self.step():
                 r = results[out.request_id]
@@ -262,6 +328,8 @@ class Engine:
                 r["text"] += out.text
                 r["logprobs"] += out.logprobs
                 r["images"] += out.images
+                r["reasoning"] += out.reasoning
+                r["num_reasoning_tokens"] = out.num_reasoning_tokens
                 r["finish_reason"] = out.finish_reason
         return [results[i] for i in ids]
 

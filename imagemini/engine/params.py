@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .structured import Grammar
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,13 @@ class SamplingParams:
     banned_token_ids: tuple[int, ...] = ()  # never sampled (e.g. begin-of-image in text-only mode)
     image_output: bool = False  # begin-of-image starts an image of the checkpoint's code count
     guidance_scale: float = 5.0  # classifier-free guidance for image codes (1 = none)
+    # Structured output (structured.py): the answer must match this compiled grammar. The engine
+    # masks every other token, and ends the answer ("stop") as soon as the grammar is complete.
+    grammar: "Grammar | None" = None
+    # Thinking (needs the tokenizer's think delimiters). None: no thought handling at all.
+    # 0: no thought; the delimiters are never sampled. n > 0: the prompt opened a thought of at
+    # most n tokens, its closing delimiter included (the engine closes it at the n-th token).
+    reasoning_budget: int | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -46,6 +57,14 @@ class SamplingParams:
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.seed is None or isinstance(self.seed, int), "seed must be an integer")
         need(math.isfinite(self.guidance_scale) and 1.0 <= self.guidance_scale <= 20.0, "guidance_scale must be in [1, 20]")
+        budget = self.reasoning_budget
+        need(budget is None or (isinstance(budget, int) and budget >= 0), "reasoning_budget must be an integer >= 0")
+        need(not budget or budget < self.max_tokens, "reasoning_budget must leave the answer at least one of max_tokens")
+
+    @property
+    def thinks(self) -> bool:
+        """The completion starts inside a thought (the prompt ends with the think delimiter)."""
+        return bool(self.reasoning_budget)
 
     @property
     def greedy(self) -> bool:

@@ -4,7 +4,8 @@ For each row, in this order (OpenAI's semantics, design §5):
 1. logprobs are the log-softmax of the *raw* model logits (before any of the below);
 2. frequency/presence penalties: logit[j] -= c[j]*frequency + (c[j] > 0)*presence,
    c[j] = times token j was generated so far in this completion;
-3. logit_bias is added; banned tokens (and grammar masks) go to -inf;
+3. logit_bias is added; banned tokens go to -inf, and so do the tokens a row's mask forbids
+   (structured.RowMasks: grammars, thoughts and their budgets, built by the engine per row);
 4. temperature 0 is argmax; otherwise softmax(logits / T), the top_p nucleus (smallest
    set of most likely tokens whose mass reaches top_p), and one uniform draw u from the
    sequence's own generator, inverted through the cumulative distribution.
@@ -18,9 +19,10 @@ from __future__ import annotations
 import torch
 
 from .sequence import Sequence, TokenLogprob
+from .structured import RowMasks
 
 
-def apply_penalties_and_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+def apply_penalties_and_bias(logits: torch.Tensor, seqs: list[Sequence], masks: RowMasks | None = None) -> torch.Tensor:
     """Steps 2–3 on a float32 [B, V] copy of the logits."""
     out = logits.clone()
     rows, cols, deltas = [], [], []
@@ -45,6 +47,8 @@ def apply_penalties_and_bias(logits: torch.Tensor, seqs: list[Sequence]) -> torc
         out.index_put_((torch.tensor(rows), torch.tensor(cols)), torch.tensor(deltas, dtype=out.dtype), accumulate=True)
     if banned_rows:
         out[torch.tensor(banned_rows), torch.tensor(banned_cols)] = float("-inf")
+    if masks is not None:
+        masks.apply(out)
     return out
 
 
@@ -99,7 +103,9 @@ def token_logprobs(raw_logits: torch.Tensor, tokens: torch.Tensor, seqs: list[Se
     return result
 
 
-def sample(raw_logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+def sample(
+    raw_logits: torch.Tensor, seqs: list[Sequence], masks: RowMasks | None = None
+) -> tuple[list[int], list[TokenLogprob | None]]:
     raw_logits = raw_logits.float()
-    tokens = sample_rows(apply_penalties_and_bias(raw_logits, seqs), seqs)
+    tokens = sample_rows(apply_penalties_and_bias(raw_logits, seqs, masks), seqs)
     return tokens.tolist(), token_logprobs(raw_logits, tokens, seqs)

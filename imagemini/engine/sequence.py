@@ -18,6 +18,7 @@ import torch
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import SequenceKV
 from .params import SamplingParams
+from .structured import GrammarMatcher
 
 
 class Status(enum.Enum):
@@ -48,6 +49,8 @@ class SequenceOutput:
     error: str | None = None
     images: list[list[int]] = field(default_factory=list)  # image code grids completed in this delta
     num_image_tokens: int = 0  # image codes generated so far (part of num_output_tokens)
+    reasoning: str = ""  # text of the thought released in this delta
+    num_reasoning_tokens: int = 0  # thought tokens so far, closing delimiter included (part of num_output_tokens)
 
 
 @dataclass(eq=False)
@@ -70,12 +73,26 @@ class Sequence:
     cfg_partner: "Sequence | None" = None  # the unconditional row of classifier-free guidance
     new_images: list[list[int]] = field(default_factory=list)
     num_image_tokens: int = 0
+    # Thinking: the completion opens with a thought when params.reasoning_budget > 0.
+    thought: IncrementalDetokenizer | None = None  # the thought's text (no stop strings)
+    thinking: bool = False  # inside the thought now
+    num_reasoning_tokens: int = 0
+    matcher: GrammarMatcher | None = None  # structured output: where the answer stands in its grammar
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
         # String seeding is stable across processes and Python versions (sha512 of the text).
         self.rng = random.Random(f"imagemini:{seed}")
+        self.thinking = self.params.thinks
+        if self.params.grammar is not None and self.detokenizer is not None:
+            self.matcher = self.params.grammar.matcher()
+
+    @property
+    def constrained(self) -> bool:
+        """Some tokens are off limits this step beyond the fixed bans: a thought, an answer after
+        (or instead of) a thought, a grammar."""
+        return self.params.reasoning_budget is not None or self.matcher is not None
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,197 @@
+"""Grammar-constrained decoding: grammars compiled once and cached, one token bitmask per row per step.
+
+    grammars = GrammarCompiler(tokenizer, vocab_size)          # one per engine: `engine.grammars`
+    grammar = grammars.compile(json_grammar(schema))           # slow for big schemas: call it OFF the
+                                                               # decode loop (asyncio.to_thread); cached
+    SamplingParams(..., grammar=grammar)                       # each sequence gets its own matcher
+
+The engine asks every constrained row for its mask (`RowMasks`), the sampler sets the masked
+logits to -inf (sampler.py), and the sequence's matcher consumes the sampled token. A row's mask
+depends on its own sequence only, so the seed guarantee holds with grammars in the batch.
+
+Backend: llguidance (guidance-ai's grammar engine; vLLM, SGLang and llama.cpp offer it too), chosen
+over xgrammar 0.2.8 by measurement on this CPU (2-core Xeon, shared, 2026-11):
+- per-token mask + advance, median (p90), random walks through three schemas:
+  100k-token byte-level BPE (Janus-Pro's size): llguidance 56–201 µs (101–850), xgrammar
+  49–282 µs (176–335); 384 tokens (test fixture): llguidance 6–13 µs, xgrammar 1–2 µs. Both are
+  far below a decode step (milliseconds), so speed did not decide;
+- compiling a schema at 100k tokens: llguidance ~1 ms (its tables are built lazily and shared),
+  xgrammar 350–1300 ms per schema;
+- coverage, 42 feature probes × 25 random walks validated with jsonschema: llguidance enforced
+  every schema it accepted and REFUSED the rest by name ("Unimplemented keys: [\"uniqueItems\"]",
+  "Unknown format: ...", look-around in patterns, overlapping oneOf, unsatisfiable schemas);
+  xgrammar accepted them all and silently did not enforce uniqueItems, contains, not, if/then,
+  dependentRequired, unevaluatedProperties, minContains, overlapping oneOf or allOf, and let
+  through invalid dates and IPv4s and raw control characters inside strings (invalid JSON).
+`strict: true` must refuse what it cannot enforce, so llguidance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance
+import torch
+
+from imagemini.models.tokenizer import Tokenizer
+
+# Whitespace between JSON tokens: none or one space (`{"a":1}`, `{"a": 1}`), or a newline and an
+# indent of up to 24 spaces (pretty-printed): the styles models write, and bounded, so that a model
+# stuck on whitespace cannot spin inside one gap (tabs and carriage returns are not offered).
+JSON_WHITESPACE = r"( ?|\n {0,24})"
+
+
+class GrammarError(ValueError):
+    """The grammar cannot be compiled or enforced; the message names the reason."""
+
+
+def json_schema_options(strict: bool) -> dict[str, Any]:
+    """llguidance's JSON options. strict: anything it cannot enforce is an error (lenient: ignored)."""
+    return {"whitespace_flexible": True, "whitespace_pattern": JSON_WHITESPACE, "lenient": not strict, "coerce_one_of": not strict}
+
+
+def check_json_schema(schema: dict | bool, strict: bool) -> list[str]:
+    """Errors (strict) or warnings (lenient: what will NOT be enforced) of a JSON schema alone."""
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=json_schema_options(strict))
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(messages[0] if messages else "invalid JSON schema")
+    return messages
+
+
+def json_grammar(schema: dict | bool, strict: bool = True) -> str:
+    """A Lark grammar for an answer that is one JSON value matching `schema`: optional leading
+    whitespace (the chat template puts a space before the answer), then the value, then the end.
+    Our options replace any `x-guidance` the schema carries."""
+    if schema is True:
+        schema = {}
+    if not isinstance(schema, dict):
+        raise GrammarError("the schema accepts no value at all")
+    body = {**schema, "x-guidance": json_schema_options(strict)}
+    return "start: lead? value\nlead: /[ \\n]{1,2}/\nvalue: %json " + json.dumps(body, ensure_ascii=True)
+
+
+@dataclass(eq=False)
+class Grammar:
+    """A compiled grammar: a warmed-up template matcher that each sequence copies (cheap: the
+    copies share the template's lexer and token tables)."""
+
+    key: str
+    template: llguidance.LLMatcher
+    warnings: tuple[str, ...] = ()
+
+    def matcher(self) -> "GrammarMatcher":
+        return GrammarMatcher(self.template.deep_copy())
+
+
+class GrammarMatcher:
+    """One sequence's position in its grammar."""
+
+    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+        self._m = matcher
+
+    def fill(self, row: torch.Tensor) -> None:
+        """Write the allowed-token bitmask into `row` (a contiguous int32 CPU tensor, 32 tokens a word)."""
+        self._m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+
+    def consume(self, token: int) -> bool:
+        return self._m.consume_token(token)
+
+    @property
+    def done(self) -> bool:
+        """Complete, and nothing can follow but the end: the answer ends here."""
+        return self._m.is_stopped() and not self._m.is_error()
+
+    @property
+    def error(self) -> str:
+        return self._m.get_error()
+
+
+class GrammarCompiler:
+    """Compiles grammars for one tokenizer; keeps the last `capacity` (LRU, keyed by the grammar's
+    sha256). Thread-safe; the tokenizer tables are built on first use (about 1 s for 100k tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, capacity: int = 128) -> None:
+        self._tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.capacity = capacity
+        self._ll: llguidance.LLTokenizer | None = None
+        self._cache: OrderedDict[str, Grammar] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def ll_tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._ll is None:
+                self._ll = llguidance.LLTokenizer(
+                    self._tokenizer._tok.to_str(), n_vocab=self.vocab_size, eos_token=self._tokenizer.special.eos
+                )
+            return self._ll
+
+    def compile(self, grammar: str) -> Grammar:
+        key = hashlib.sha256(grammar.encode()).hexdigest()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return cached
+        tokenizer = self.ll_tokenizer
+        template = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if template.is_error():
+            raise GrammarError(template.get_error())
+        # Build the lexer's first states now, here, rather than in the decode loop.
+        GrammarMatcher(template).fill(bitmask(1, self.vocab_size)[0])
+        compiled = Grammar(key, template, tuple(template.get_grammar_warnings()))
+        with self._lock:
+            self.misses += 1
+            self._cache[key] = compiled
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+# --- bitmasks ----------------------------------------------------------------------------------------
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def bitmask(rows: int, vocab_size: int) -> torch.Tensor:
+    """[rows, ceil(V/32)] int32, every token allowed."""
+    return torch.full((rows, (vocab_size + 31) // 32), -1, dtype=torch.int32)
+
+
+def set_tokens(row: torch.Tensor, tokens, allowed: bool) -> None:
+    """Allow or forbid single tokens in one bitmask row."""
+    for t in tokens:
+        word = int(row[t // 32]) & 0xFFFFFFFF
+        word = word | (1 << (t % 32)) if allowed else word & ~(1 << (t % 32))
+        row[t // 32] = word - (1 << 32) if word >= 1 << 31 else word
+
+
+def allowed_tokens(masks: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Bitmask [R, W] int32 -> bool [R, V]."""
+    bits = (masks.unsqueeze(-1) >> _SHIFTS) & 1
+    return bits.view(masks.shape[0], -1)[:, :vocab_size].bool()
+
+
+@dataclass
+class RowMasks:
+    """Masks of some rows of a step's batch: rows[i] is constrained by masks[i]."""
+
+    rows: list[int]
+    masks: torch.Tensor  # [len(rows), ceil(V/32)] int32
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """Disallowed tokens of each masked row -> -inf, in place on float logits [B, V]."""
+        index = torch.tensor(self.rows)
+        allowed = allowed_tokens(self.masks, logits.shape[1])
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
