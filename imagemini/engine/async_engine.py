@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from .params import SamplingParams
 from .sequence import SequenceOutput
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL_S = 0.0002
 
 
 class EngineOverloaded(Exception):
@@ -50,6 +52,10 @@ class AsyncEngine:
 
     def start(self) -> None:
         if not self._started:
+            # The engine thread gives up the GIL inside every torch op and must take it back
+            # for the next; with the default 5 ms switch interval a busy event loop makes it
+            # wait up to 5 ms each time (measured: decode 4x slower behind a streaming server).
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
             self._loop = asyncio.get_running_loop()
             self._started = True
             self._thread.start()
