@@ -80,6 +80,10 @@ class AsyncEngine:
             self._wake.set()
             while True:
                 out: SequenceOutput = await out_queue.get()
+                # A consumer that fell behind gets what piled up as one delta: fewer, larger
+                # chunks exactly when the event loop is the bottleneck.
+                while not out.finished and not out_queue.empty():
+                    out = out.merge(out_queue.get_nowait())
                 finished = out.finished
                 yield out
                 if finished:

@@ -52,6 +52,24 @@ class SequenceOutput:
     reasoning: str = ""  # text of the thought released in this delta
     num_reasoning_tokens: int = 0  # thought tokens so far, closing delimiter included (part of num_output_tokens)
 
+    def merge(self, later: "SequenceOutput") -> "SequenceOutput":
+        """One delta saying what this one and the `later` one say together."""
+        return SequenceOutput(
+            request_id=self.request_id,
+            token_ids=self.token_ids + later.token_ids,
+            text=self.text + later.text,
+            logprobs=self.logprobs + later.logprobs,
+            finished=later.finished,
+            finish_reason=later.finish_reason,
+            num_prompt_tokens=later.num_prompt_tokens,
+            num_output_tokens=later.num_output_tokens,
+            error=later.error,
+            images=self.images + later.images,
+            num_image_tokens=later.num_image_tokens,
+            reasoning=self.reasoning + later.reasoning,
+            num_reasoning_tokens=later.num_reasoning_tokens,
+        )
+
 
 @dataclass(eq=False)
 class Sequence:
