@@ -21,7 +21,7 @@ import hashlib
 import itertools
 import logging
 import queue
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -114,7 +114,7 @@ class Engine:
             raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
         request_id = request_id or f"seq-{next(self._ids)}"
         stops = tuple(params.stop_token_ids) or (self.tokenizer.special.eos,)
-        params = params if params.stop_token_ids else _with_stop_ids(params, stops)
+        params = params if params.stop_token_ids else replace(params, stop_token_ids=stops)
         seq = Sequence(
             request_id, list(prompt_ids), params, IncrementalDetokenizer(self.tokenizer, params.stop), prompt_embeds,
             code_offset=self.code_offset,
@@ -332,9 +332,3 @@ class Engine:
                 r["num_reasoning_tokens"] = out.num_reasoning_tokens
                 r["finish_reason"] = out.finish_reason
         return [results[i] for i in ids]
-
-
-def _with_stop_ids(params: SamplingParams, stop_ids: tuple[int, ...]) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, stop_token_ids=stop_ids)

@@ -75,3 +75,17 @@ def long_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     config["text_config"]["max_position_embeddings"] = 32768
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+@pytest.fixture(scope="module")
+def client(server, sdk) -> openai.OpenAI:
+    """The sync SDK client on the module's `server`."""
+    return sdk(server)
+
+
+@pytest.fixture(scope="module")
+def tok(checkpoint):
+    """The tokenizer of the module's `checkpoint`."""
+    from imagemini.models.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(checkpoint)

@@ -23,7 +23,6 @@ from apitest import REPO, check_stream_framing, post_stream
 from mediatest import image_part, pattern_png
 from PIL import Image
 
-from imagemini.models.tokenizer import Tokenizer
 
 MODEL_ID = "imagemini/tiny-painter"
 CODES = 64  # image tokens per generated image
@@ -45,14 +44,6 @@ def server(start_server, checkpoint):
         yield s
 
 
-@pytest.fixture(scope="module")
-def tok(checkpoint) -> Tokenizer:
-    return Tokenizer.from_dir(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def client(server, sdk) -> openai.OpenAI:
-    return sdk(server)
 
 
 @pytest.fixture(scope="module")

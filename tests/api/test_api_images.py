@@ -61,14 +61,6 @@ def server(start_server, checkpoint):
         yield s
 
 
-@pytest.fixture(scope="module")
-def tok(checkpoint) -> Tokenizer:
-    return Tokenizer.from_dir(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def client(server, sdk) -> openai.OpenAI:
-    return sdk(server)
 
 
 def user(*parts) -> list[dict]:

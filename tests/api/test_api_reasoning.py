@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import openai
 import pytest
 from apitest import check_stream_framing, post_stream
 
 from imagemini.api.structured import EFFORT_PERCENT
-from imagemini.models.tokenizer import Tokenizer
 
 MODEL = "imagemini/tiny-thinker"
 PLAIN = "imagemini/tiny-nothink"
@@ -37,14 +35,6 @@ def server(start_server, checkpoint):
         yield s
 
 
-@pytest.fixture(scope="module")
-def tok(checkpoint) -> Tokenizer:
-    return Tokenizer.from_dir(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def client(server, sdk) -> openai.OpenAI:
-    return sdk(server)
 
 
 @pytest.fixture(scope="module")

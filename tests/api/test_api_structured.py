@@ -36,10 +36,6 @@ def server(start_server, tiny_checkpoint, tmp_path_factory):
         yield s
 
 
-@pytest.fixture(scope="module")
-def client(server, sdk) -> openai.OpenAI:
-    return sdk(server)
-
 
 def json_schema(schema: dict, name: str = "answer", strict: bool | None = True) -> dict:
     spec = {"name": name, "schema": schema}
