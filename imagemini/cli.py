@@ -4,6 +4,7 @@
     imagemini generate "prompt" [--model DIR] [...]          one completion, printed
     imagemini generate "draw ..." --out picture.png          ... that starts with an image, saved
     imagemini bench text [--concurrency 1 8] [...]           decode speed vs transformers
+    imagemini bench draw [--concurrency 1 8] [...]           image generation speed vs transformers
 """
 
 from __future__ import annotations
@@ -213,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     i = bench.add_parser("images", help="encoder cache: hit vs miss latency for a resent image")
     bench_images.add_arguments(i)
     i.set_defaults(func=cmd_bench)
+    from imagemini.bench import draw as bench_draw
+
+    d = bench.add_parser("draw", help="images/s drawn: our engine vs transformers' generate (image mode)")
+    bench_draw.add_arguments(d)
+    d.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     try:

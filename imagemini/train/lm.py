@@ -41,6 +41,8 @@ from . import tokenizer as tokenizer_stage
 
 IMAGE_SIZE = 64
 TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
+# The Janus format ties the two grids: transformers sets the VQ's num_patches to image_size //
+# patch_size, so the understanding patch grid must equal the 16x16 code grid.
 VISION = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=4, mlp_ratio=4.0)
 MAX_LENGTH = 1024
 UNCOND_RATE = 0.1
@@ -59,6 +61,7 @@ class TrainConfig:
     vocab_size: int = 2048
     text_only: bool = False  # phase A: understanding and text tasks only (no image tokenizer needed yet)
     threads: int = 2
+    init_from: Path | None = None  # a checkpoint to continue from (its tokenizer, and weights whose shapes fit)
 
     def tasks(self) -> dict[str, float] | None:
         if not self.text_only:
@@ -212,9 +215,16 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     init = out / "init"
     if (init / "config.json").exists():
         return init
-    rng = random.Random(cfg.seed)
-    tok = tokenizer_stage.train_tokenizer((render_text(e) for e in generate(rng, 20_000)), cfg.vocab_size)
-    tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
+    if cfg.init_from is not None:  # token ids must stay those the weights were trained with
+        import shutil
+
+        init.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(cfg.init_from / name, init / name)
+    else:
+        rng = random.Random(cfg.seed)
+        tok = tokenizer_stage.train_tokenizer((render_text(e) for e in generate(rng, 20_000)), cfg.vocab_size)
+        tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
     loaded = Tokenizer.from_dir(init)
     special = {k: getattr(loaded.special, k) for k in ("bos", "eos", "pad", "image", "boi", "eoi")}
     config = janus_config_dict(loaded.vocab_size, _vq_config(vq_dir), special)
@@ -246,6 +256,17 @@ def load_trained_vq(model: Janus, init: Path, vq_dir: Path) -> None:
     if differs:
         raise ValueError(f"{vq_dir} holds a VQ of another shape than {init}: {differs}")
     model.model.vqmodel.load_state_dict(load_file(str(vq_dir / "vq.safetensors")))
+
+
+def warm_start(model: Janus, checkpoint: Path) -> None:
+    """Copy every tensor of `checkpoint` whose name and shape fit; the rest keep their fresh init
+    (e.g. a vision encoder with another patch size)."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items()
+               if k in own and own[k].shape == v.shape}
+    model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in fitting.items()}})
+    fresh = sorted({".".join(k.split(".")[:3]) for k in own if k not in fitting})
+    print(f"warm start from {checkpoint}: {len(fitting)}/{len(own)} tensors; fresh: {', '.join(fresh) or 'none'}")
 
 
 def save_weights(model: Janus, out: Path, dtype: torch.dtype = torch.float32) -> None:
@@ -305,6 +326,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         step, elapsed_before = state["step"], state["elapsed"]
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+    elif cfg.init_from is not None:
+        warm_start(model, cfg.init_from)
     if not cfg.text_only:
         load_trained_vq(model, init, vq_dir)
     batcher = Batcher(model, proc, rng)
@@ -377,9 +400,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-only", action="store_true", help="phase A: no drawing/editing tasks (no VQ needed)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init-from", type=Path, help="continue from a checkpoint (e.g. imagemini/models/bundled)")
     args = parser.parse_args()
     cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed,
-                      text_only=args.text_only, threads=args.threads)
+                      text_only=args.text_only, threads=args.threads, init_from=args.init_from)
     print(train(args.out, args.vq, cfg))
 
 
