@@ -67,7 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings = replace(settings, allow_image_urls=True)
     if args.allow_private_urls:
         settings = replace(settings, allow_private_urls=True)
-    app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key, settings=settings)
+    app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key,
+                     settings=settings, engine_threads=args.engine_threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=15)
 
 
@@ -94,7 +95,7 @@ def _generate_image(engine, model_dir: Path, prompt: list[int], args: argparse.N
     from imagemini.api.state import image_output
     from imagemini.engine.params import SamplingParams
 
-    image = image_output(model_dir, engine, enabled=engine.tokenizer.special.boi is not None)
+    image = image_output(model_dir, engine.tokenizer, engine.model.cfg, enabled=engine.tokenizer.special.boi is not None)
     if not image.enabled:
         raise ValueError("this checkpoint cannot generate images (its tokenizer has no begin-of-image token)")
     params = SamplingParams(
@@ -107,7 +108,7 @@ def _generate_image(engine, model_dir: Path, prompt: list[int], args: argparse.N
         banned_token_ids=tuple(t for t in (engine.tokenizer.special.eoi, engine.tokenizer.special.image) if t is not None),
     )
     result = engine.generate([prompt + list(image.start_ids)], params)[0]
-    writer = ImageWriter(engine.runner)
+    writer = ImageWriter(engine.model)
     out: Path = args.out
     for i, codes in enumerate(result["images"]):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}")
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-pending", type=int, default=256, help="requests in flight before 503")
+    p.add_argument("--engine-threads", type=int, default=None,
+                   help="torch threads of the engine process (default: one per core but one, left to HTTP)")
     p.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
     p.add_argument("--allow-image-urls", action="store_true",
                    help="fetch http(s) image/file URLs of requests (off: only data: URLs); IMAGEMINI_ALLOW_IMAGE_URLS")
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     h.add_argument("--max-tokens", type=int, default=128)
     h.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    h.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
     h.set_defaults(func=cmd_bench)
     st = bench.add_parser("structured", help="tokens/s with and without a JSON schema, and the grammar mask's cost")
     st.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")

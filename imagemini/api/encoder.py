@@ -3,7 +3,7 @@ generated code grids -> PNG data URLs.
 
     vision = VisionEncoder(model, processor, EncoderCache(256 << 20))
     embeds = vision.prompt_embeds(ids, images)      # blocking: call it with asyncio.to_thread
-    writer = ImageWriter(engine.runner)
+    writer = ImageWriter(model)
     url = writer.png_data_url(codes)                # blocking too: "data:image/png;base64,..."
 
 Encoder cache: the vision encoder's output for one image ([N, hidden], model dtype) under a key
@@ -138,11 +138,11 @@ class VisionEncoder:
 class ImageWriter:
     """Code grids -> PNG (the VQ decoder; one image per call, so the same codes give the same bytes)."""
 
-    def __init__(self, runner) -> None:
-        self.runner = runner
+    def __init__(self, model: Janus) -> None:
+        self.model = model
 
     def png(self, codes: list[int]) -> bytes:
-        pixels = self.runner.decode_image(codes).numpy()
+        pixels = self.model.decode_image_pixels(codes).numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
         return buffer.getvalue()

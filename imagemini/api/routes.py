@@ -150,7 +150,7 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
     if not state.card.matches(chat.model):
         raise model_not_found(chat.model, param="model")
     plan = reasoning_plan(chat, state.card)  # thinking on/off (structured.py)
-    grammar = await response_grammar(chat, state.engine.engine.grammars)  # compiled in a worker thread
+    grammar = await response_grammar(chat, state.engine.frontend.grammars)  # compiled in a worker thread
     inputs = state.card.inputs
     messages = parse_messages(chat.messages, accept_images="image" in inputs, accept_files="file" in inputs)
 
@@ -175,7 +175,7 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
     if drawing_first:
         check_room_for_image(chat, budget, len(ids), limits)
     params = choice_params(chat, budget, limits)
-    params = constrain(params, grammar, thought, state.engine.engine.think if card_thinks(state.card) else None)
+    params = constrain(params, grammar, thought, state.engine.limits.think if card_thinks(state.card) else None)
     state.check_capacity(len(params))
     embeds = None
     if images:
@@ -185,10 +185,10 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
         id=f"chatcmpl-{secrets.token_hex(12)}",
         created=int(time.time()),
         model=state.card.id,
-        system_fingerprint=state.engine.engine.system_fingerprint,
+        system_fingerprint=state.engine.system_fingerprint,
         prompt_tokens=len(ids),
         logprobs=bool(chat.logprobs),
-        tokenizer=state.engine.engine.tokenizer,
+        tokenizer=state.engine.tokenizer,
         card=state.card,
         input_images=len(images),
         writer=state.writer if chat.wants_image else None,
@@ -245,4 +245,4 @@ async def get_model(model_id: str, request: Request) -> JSONResponse:
 @health_router.get("/health")
 async def health(request: Request) -> JSONResponse:
     state = server(request)
-    return JSONResponse(state.health(), status_code=503 if state.draining else 200)
+    return JSONResponse(state.health(), status_code=503 if state.draining or state.engine.dead else 200)

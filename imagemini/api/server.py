@@ -24,7 +24,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from imagemini.engine.async_engine import AsyncEngine
-from imagemini.engine.engine import Engine, EngineConfig
+from imagemini.engine.engine import EngineConfig
 
 from . import errors
 from .routes import api_router, health_router
@@ -39,11 +39,11 @@ def create_app(
     api_keys: list[str] | None = None,
     *,
     settings: ServerSettings | None = None,
-    engine: AsyncEngine | None = None,
+    engine_threads: int | None = None,
 ) -> FastAPI:
-    """`engine` replaces the one built from `model_dir` (tests inject a scripted one)."""
+    """Starts the engine process (`engine_threads` torch threads) and waits until it is ready."""
     settings = settings or ServerSettings.from_env()
-    engine = engine or AsyncEngine(Engine.from_checkpoint(model_dir, config), max_pending=max_pending)
+    engine = AsyncEngine(model_dir, config, max_pending=max_pending, threads=engine_threads)
     state = ServerState.build(Path(model_dir), engine, settings, api_keys)
 
     @asynccontextmanager

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from imagemini.engine.async_engine import AsyncEngine
+from imagemini.models.config import JanusConfig
 from imagemini.models.processor import Processor
+from imagemini.models.tokenizer import Tokenizer
 
 from .chat import PromptEncoder, image_start_ids
 from .encoder import EncoderCache, ImageWriter, VisionEncoder
@@ -58,15 +60,14 @@ class ServerState:
 
     @classmethod
     def build(cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None) -> "ServerState":
-        core = engine.engine
-        tokenizer = core.tokenizer
-        max_sequence = min(core.context_length, core.kv_cache.budget_tokens)
+        tokenizer, model, limits = engine.tokenizer, engine.frontend.model, engine.limits
+        max_sequence = min(limits.context_length, limits.kv_budget_tokens)
         special = tokenizer.special
         # Text-only mode: no image span can start, so no image placeholder/end can follow either.
         banned = tuple(t for t in (special.boi, special.eoi, special.image) if t is not None)
         # Image mode: the model may open an image; the engine itself closes it.
         image_banned = tuple(t for t in (special.eoi, special.image) if t is not None)
-        card = load_card(model_dir, core.context_length, max_sequence, reasoning=thinking_supported(tokenizer))
+        card = load_card(model_dir, limits.context_length, max_sequence, reasoning=thinking_supported(tokenizer))
         processor = Processor.from_dir(model_dir, tokenizer)
         limits = Limits(
             max_sequence_tokens=max_sequence,
@@ -74,7 +75,7 @@ class ServerState:
             vocab_size=tokenizer.vocab_size,
             banned_token_ids=banned,
             image_banned_token_ids=image_banned,
-            image=image_output(model_dir, core, "image" in card.outputs and special.boi is not None),
+            image=image_output(model_dir, tokenizer, model.cfg, "image" in card.outputs and special.boi is not None),
         )
         return cls(
             engine, card, limits, settings, tuple(api_keys or ()),
@@ -85,8 +86,8 @@ class ServerState:
                 settings if "image" in card.inputs else replace(settings, pdf_image_pages=0),
                 render_side=min(2 * processor.image_cfg.size, 2048),
             ),
-            vision=VisionEncoder(core.model, processor, EncoderCache(settings.encoder_cache_bytes)),
-            writer=ImageWriter(core.runner),
+            vision=VisionEncoder(model, processor, EncoderCache(settings.encoder_cache_bytes)),
+            writer=ImageWriter(model),
         )
 
     # --- per request ------------------------------------------------------------------------------
@@ -111,16 +112,17 @@ class ServerState:
             )
 
     def health(self) -> dict[str, Any]:
-        core = self.engine.engine
+        engine, stats = self.engine, self.engine.stats
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": "engine_stopped" if engine.dead else "draining" if self.draining else "ok",
             "model": self.card.id,
-            "system_fingerprint": core.system_fingerprint,
-            "pending": self.engine.num_pending,  # requests in flight (queued + running)
-            "max_pending": self.engine.max_pending,
-            "running": len(core.scheduler.running),
-            "waiting": len(core.scheduler.waiting),
-            "kv_cache": {"used_tokens": core.kv_cache.used_tokens, "budget_tokens": core.kv_cache.budget_tokens},
+            "system_fingerprint": engine.system_fingerprint,
+            "pending": engine.num_pending,  # requests in flight (queued + running)
+            "max_pending": engine.max_pending,
+            # As of the engine's last step that produced output:
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "kv_cache": {"used_tokens": stats.kv_used_tokens, "budget_tokens": engine.limits.kv_budget_tokens},
             "encoder_cache": self.vision.cache.stats() if self.vision is not None else None,
         }
 
@@ -135,7 +137,7 @@ class ServerState:
         await self._drain_task
 
 
-def image_output(model_dir: Path, core, enabled: bool) -> ImageOutput:
+def image_output(model_dir: Path, tokenizer: Tokenizer, config: JanusConfig, enabled: bool) -> ImageOutput:
     """The checkpoint's image output and its defaults from generation_config.json:
     guidance_scale, temperature, top_p (image sampling), and imagemini's own
     image_start_after_prompt (bool) / image_start_prefix (text before begin-of-image)."""
@@ -155,13 +157,13 @@ def image_output(model_dir: Path, core, enabled: bool) -> ImageOutput:
     prefix = gen.get("image_start_prefix")
     return ImageOutput(
         enabled=enabled,
-        num_tokens=core.num_image_tokens,
-        resolution=core.model.cfg.image_resolution,
+        num_tokens=config.vq.num_patches**2,
+        resolution=config.image_resolution,
         guidance_scale=number("guidance_scale", 1.0, 20.0) or 5.0,
         temperature=number("temperature", 0.0, 2.0),
         top_p=number("top_p", 1e-6, 1.0),
         start_after_prompt=bool(gen.get("image_start_after_prompt", False)),
-        start_ids=tuple(image_start_ids(core.tokenizer, prefix if isinstance(prefix, str) else None)) if enabled else (),
+        start_ids=tuple(image_start_ids(tokenizer, prefix if isinstance(prefix, str) else None)) if enabled else (),
     )
 
 

@@ -40,7 +40,8 @@ def main(args: argparse.Namespace) -> None:
     eos = engine.tokenizer.special.eos
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", args.dtype],
+        [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", args.dtype,
+         *(["--engine-threads", str(args.engine_threads)] if args.engine_threads else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
     )
     base = f"http://127.0.0.1:{port}"

@@ -7,7 +7,7 @@
 
 `add_request` and `abort` are safe to call from any thread (they go through an inbox the
 step drains); `step` runs on one thread only. `AsyncEngine` (async_engine.py) runs the
-steps on a background thread and hands each request its outputs through asyncio.
+steps in a process of their own and hands each request its outputs through asyncio.
 
 Constrained rows (structured.py): a request with `params.grammar` samples only tokens its
 grammar allows and ends ("stop") when the grammar is complete; one with `reasoning_budget > 0`
@@ -58,6 +58,44 @@ class EngineConfig:
             raise ValueError("row_tile must be positive")
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a request must fit to be admitted: checked in `Engine.add_request`, and before a
+    request leaves the API process for the engine process (async_engine.py), with the same code."""
+
+    context_length: int
+    kv_budget_tokens: int
+    vocab_size: int
+    think: tuple[int, int] | None
+    num_image_tokens: int
+    boi: int | None
+
+    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError (the message says why) for a request this engine cannot run."""
+        if not prompt_ids:
+            raise ValueError("prompt must hold at least one token")
+        if len(prompt_ids) + params.max_tokens > self.context_length:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
+                f"length {self.context_length}"
+            )
+        if len(prompt_ids) + params.max_tokens > self.kv_budget_tokens:
+            raise ValueError("request is larger than the whole KV cache budget")
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt holds token ids outside the vocabulary: {bad[:5]}")
+        if params.reasoning_budget is not None and self.think is None:
+            raise ValueError("this model has no thinking delimiters: it cannot reason")
+        if params.thinks and prompt_ids[-1] != self.think[0]:
+            raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
+        if self.opens_image(prompt_ids, params) and params.max_tokens < self.num_image_tokens + 1:
+            raise ValueError(f"max_tokens must be at least {self.num_image_tokens + 1} to draw an image")
+
+    def opens_image(self, prompt_ids: list[int], params: SamplingParams) -> bool:
+        """The prompt itself opens an image (Janus-Pro's own pipeline): the answer starts drawing."""
+        return params.image_output and prompt_ids[-1] == self.boi
+
+
 class Engine:
     def __init__(self, model: Janus, tokenizer: Tokenizer, config: EngineConfig, weights_id: str = "") -> None:
         self.model = model
@@ -78,6 +116,10 @@ class Engine:
         self.system_fingerprint = "fp_" + hashlib.sha256(
             f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}".encode()
         ).hexdigest()[:12]
+        self.limits = RequestLimits(
+            self.context_length, self.kv_cache.budget_tokens, tokenizer.vocab_size, self.think,
+            self.num_image_tokens, special.boi,
+        )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sequences: dict[str, Sequence] = {}
         self._ids = itertools.count()
@@ -96,22 +138,7 @@ class Engine:
         request_id: str | None = None,
         prompt_embeds: torch.Tensor | None = None,
     ) -> str:
-        if not prompt_ids:
-            raise ValueError("prompt must hold at least one token")
-        if len(prompt_ids) + params.max_tokens > self.context_length:
-            raise ValueError(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
-                f"length {self.context_length}"
-            )
-        if len(prompt_ids) + params.max_tokens > self.kv_cache.budget_tokens:
-            raise ValueError("request is larger than the whole KV cache budget")
-        bad = [t for t in prompt_ids if not 0 <= t < self.tokenizer.vocab_size]
-        if bad:
-            raise ValueError(f"prompt holds token ids outside the vocabulary: {bad[:5]}")
-        if params.reasoning_budget is not None and self.think is None:
-            raise ValueError("this model has no thinking delimiters: it cannot reason")
-        if params.thinks and prompt_ids[-1] != self.think[0]:
-            raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
+        self.limits.check(prompt_ids, params)
         request_id = request_id or f"seq-{next(self._ids)}"
         stops = tuple(params.stop_token_ids) or (self.tokenizer.special.eos,)
         params = params if params.stop_token_ids else replace(params, stop_token_ids=stops)
@@ -123,10 +150,7 @@ class Engine:
             seq.thought = IncrementalDetokenizer(self.tokenizer)
         if params.uses_guidance:
             seq.cfg_partner = Sequence(f"{request_id}/uncond", [], params, None, code_offset=self.code_offset)
-        if params.image_output and prompt_ids[-1] == self.tokenizer.special.boi:
-            # The prompt itself opens an image (Janus-Pro's own pipeline): draw from the start.
-            if params.max_tokens < self.num_image_tokens + 1:
-                raise ValueError(f"max_tokens must be at least {self.num_image_tokens + 1} to draw an image")
+        if self.limits.opens_image(prompt_ids, params):
             self._start_image(seq)
         self._inbox.put(("add", seq))
         return request_id

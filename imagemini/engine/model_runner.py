@@ -124,5 +124,4 @@ class ModelRunner:
     @torch.inference_mode()
     def decode_image(self, codes: list[int]) -> torch.Tensor:
         """One image's codes -> uint8 pixels [S, S, 3] (one image per call: same bits always)."""
-        pixels = self.model.decode_image_codes(torch.tensor([codes]))[0].float()
-        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+        return self.model.decode_image_pixels(codes)

@@ -84,6 +84,7 @@ class Grammar:
     key: str
     template: llguidance.LLMatcher
     warnings: tuple[str, ...] = ()
+    source: str = ""  # the grammar text: what crosses to the engine process, compiled again there
 
     def matcher(self) -> "GrammarMatcher":
         return GrammarMatcher(self.template.deep_copy())
@@ -148,7 +149,7 @@ class GrammarCompiler:
             raise GrammarError(template.get_error())
         # Build the lexer's first states now, here, rather than in the decode loop.
         GrammarMatcher(template).fill(bitmask(1, self.vocab_size)[0])
-        compiled = Grammar(key, template, tuple(template.get_grammar_warnings()))
+        compiled = Grammar(key, template, tuple(template.get_grammar_warnings()), grammar)
         with self._lock:
             self.misses += 1
             self._cache[key] = compiled

@@ -83,6 +83,12 @@ class Janus(nn.Module):
         """codes [n, grid²] -> pixels [n, 3, S, S], roughly in [-1, 1]."""
         return self.model.vqmodel.decode(codes)
 
+    @torch.inference_mode()
+    def decode_image_pixels(self, codes: list[int]) -> torch.Tensor:
+        """One image's codes -> uint8 pixels [S, S, 3] (one image per call: same bits always)."""
+        pixels = self.decode_image_codes(torch.tensor([codes]))[0].float()
+        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+
     # --- whole-sequence forward (reference checks and training) --------------------------
     def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with image placeholders replaced by encoded images, in order."""

@@ -1,24 +1,25 @@
-"""The API's pieces without a server process: param paths, seeds, prices, settings, and an
-engine failure in the middle of a stream (in-process app, engine step made to raise)."""
+"""The API's pieces without a server process: param paths, seeds, prices, settings, and the
+engine process's loop when a step raises."""
 
 from __future__ import annotations
 
-import asyncio
+import multiprocessing
+import threading
+from dataclasses import replace
 from decimal import Decimal
 
-import httpx
-import openai
 import pytest
-from apitest import nullable_to_anyof, sse_data
+from apitest import nullable_to_anyof
 from pydantic import ValidationError
 
 from imagemini.api.errors import from_validation_error, param_path
 from imagemini.api.model_card import Prices, _usd
 from imagemini.api.sampling import choice_seed
 from imagemini.api.schemas import ChatCompletionRequest
-from imagemini.api.server import create_app
 from imagemini.api.settings import ServerSettings
-from imagemini.engine.engine import EngineConfig
+from imagemini.engine.async_engine import serve_engine
+from imagemini.engine.engine import Engine, EngineConfig
+from imagemini.engine.params import SamplingParams
 
 
 def test_param_path_follows_the_request_not_pydantic_tags():
@@ -67,56 +68,40 @@ def test_nullable_rewrite():
     assert nullable_to_anyof(schema)["properties"]["x"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
 
 
-# --- an engine failure mid-stream ---------------------------------------------------------------------
-BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 50, "logit_bias": {"1": -100}}
-
-
-def test_engine_failure_mid_stream_and_non_stream(tiny_checkpoint, openapi):
-    """The real app and engine, whose step raises after a few tokens: a stream ends with an error
-    chunk (no [DONE]), a non-stream is a 500; neither leaks the exception's text. One event loop
-    for the whole test: the engine binds to the loop it first runs on."""
-    app = create_app(tiny_checkpoint, EngineConfig(dtype="float32"), settings=ServerSettings())
-    engine = app.state.server.engine
-    body = {**BODY, "model": app.state.server.card.id}
-    real_step, calls = engine.engine.step, []
+# --- engine failures -------------------------------------------------------------------------------------
+def test_a_failing_engine_step_ends_every_request_with_an_error(tiny_checkpoint):
+    """The engine process's loop (serve_engine), run here on a thread: a step that raises ends
+    every request in flight with finish_reason "error" and a generic message, and the loop goes on."""
+    engine = Engine.from_checkpoint(tiny_checkpoint, EngineConfig(dtype="float32"))
+    real_step, calls = engine.step, []
 
     def failing_step():
         calls.append(1)
-        if len(calls) % 4 == 0:  # prefill, then two tokens, then a failure: per request
+        if len(calls) == 4:  # prefill, two tokens, then the failure
             raise RuntimeError("secret internal detail")
         return real_step()
 
-    engine.engine.step = failing_step
-
-    async def main():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            try:
-                await check_raw_stream(http)
-                await check_sdk(openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0))
-            finally:
-                await engine.shutdown(0.1)
-
-    async def check_raw_stream(http):
-        calls.clear()
-        r = await http.post("/v1/chat/completions", json={**body, "stream": True})
-        assert r.status_code == 200
-        events = sse_data(r.text.splitlines())
-        last = events[-1]
-        assert "[DONE]" not in events and last["choices"][0]["finish_reason"] == "error"
-        assert last["error"]["type"] == "server_error" and "secret" not in r.text
-        assert any(e["choices"] and e["choices"][0]["delta"].get("content") for e in events[1:-1])  # tokens came first
-        for chunk in events:
-            openapi.validate_chunk(chunk)  # the error chunk: all but OpenRouter's finish_reason "error"
-
-    async def check_sdk(client):
-        calls.clear()
-        with pytest.raises(openai.InternalServerError) as plain:
-            await client.chat.completions.create(**body)
-        assert plain.value.status_code == 500 and "secret" not in str(plain.value.body)
-        calls.clear()
-        stream = await client.chat.completions.create(stream=True, **body)
-        with pytest.raises(openai.APIError, match="internal error"):
-            async for _ in stream:
-                pass
-
-    asyncio.run(main())
+    engine.step = failing_step
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    loop = threading.Thread(target=serve_engine, args=(engine, theirs), daemon=True)
+    loop.start()
+    params = SamplingParams(max_tokens=50, temperature=0, logit_bias={engine.tokenizer.special.eos: -100.0})
+    prompt = engine.tokenizer.encode("Hi")
+    for request_id in ("a", "b"):
+        ours.send(("add", request_id, prompt, params, None, None))
+    finals = {}
+    while len(finals) < 2:
+        assert ours.poll(30), "the engine loop went silent"
+        _, outputs, _ = ours.recv()
+        finals.update({o.request_id: o for o in outputs if o.finished})
+    assert {o.finish_reason for o in finals.values()} == {"error"}
+    assert all("secret" not in o.error and "internal error" in o.error for o in finals.values())
+    ours.send(("add", "c", prompt, replace(params, max_tokens=3), None, None))  # still serving
+    got = []
+    while not (got and got[-1].finished):
+        assert ours.poll(30)
+        got += ours.recv()[1]
+    assert got[-1].finish_reason == "length" and sum(len(o.token_ids) for o in got) == 3
+    ours.send(("stop",))
+    loop.join(10)
+    assert not loop.is_alive()
