@@ -6,7 +6,8 @@ Reads the trained image tokenizer (stage 1, `imagemini.train.vq`), trains a BPE 
 text, builds a fresh Janus network around the frozen VQ-VAE and trains everything else:
 - text loss (lm_head) on the last assistant turn of each chat, thought included;
 - image-code loss (generation_head) on images the assistant draws or edits, the codes being
-  the frozen VQ's encoding of the rendered target scene;
+  the frozen VQ's encoding of the rendered target scene, near-duplicate codes merged
+  (vq.synonym_map);
 - classifier-free-guidance dropout: 10% of drawing/editing chats lose their whole condition
   (every token but BOS and begin-of-image becomes pad), exactly the unconditional row the
   engine builds at inference, so guidance works.
@@ -135,10 +136,11 @@ def build_sample(example: Example, proc: Processor) -> Sample | None:
 class Batcher:
     """Renders images, VQ-encodes drawn targets and packs samples into padded tensors."""
 
-    def __init__(self, model: Janus, proc: Processor, rng: random.Random) -> None:
+    def __init__(self, model: Janus, proc: Processor, rng: random.Random, code_map: torch.Tensor | None = None) -> None:
         self.model, self.proc, self.rng = model, proc, rng
         self.vocab = model.cfg.text.vocab_size
         self.n_codes = model.cfg.vq.num_patches**2
+        self.code_map = code_map  # drawing targets: each code -> its group's representative (vq.synonym_map)
 
     def _pixels(self, refs: list[ImageRef]) -> torch.Tensor:
         images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
@@ -149,7 +151,8 @@ class Batcher:
         images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
         pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images])
         pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1.0
-        return self.model.model.vqmodel.encode(pixels)
+        codes = self.model.model.vqmodel.encode(pixels)
+        return codes if self.code_map is None else self.code_map[codes]
 
     def __call__(self, samples: list[Sample]) -> dict:
         s = self.proc.tokenizer.special
@@ -328,9 +331,14 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         torch.set_rng_state(state["torch_rng"])
     elif cfg.init_from is not None:
         warm_start(model, cfg.init_from)
+    code_map = None
     if not cfg.text_only:
+        from .vq import synonym_map
+
         load_trained_vq(model, init, vq_dir)
-    batcher = Batcher(model, proc, rng)
+        code_map = synonym_map(model.model.vqmodel.eval())
+        print(f"drawing targets: {int((code_map == torch.arange(len(code_map))).sum())} of {len(code_map)} codes")
+    batcher = Batcher(model, proc, rng, code_map)
     budget = cfg.minutes * 60
     start = time.monotonic()
     est_total = max(step + 1, int(budget / 1.0))  # refined as we go

@@ -106,3 +106,19 @@ def test_evaluate_readback_reports_perfect_identity():
     res = train.evaluate_readback(Identity(), scenes, images)
     assert res["readback"] == 1.0 and res["mse"] < 1e-4 and res["palette_acc"] == 1.0
     assert res["codes_used"] == 1
+
+
+def test_synonym_map_merges_near_duplicate_codes_only():
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig.from_dict(TINY)).eval()
+    book = vq.quantize.embedding.weight
+    with torch.no_grad():
+        book.copy_(torch.nn.functional.normalize(torch.randn_like(book), dim=-1))  # typical distances ~1.4
+        book[5] = torch.nn.functional.normalize(book[3] + 0.02 * torch.randn_like(book[3]), dim=0)
+        book[9] = torch.nn.functional.normalize(book[5] + 0.02 * torch.randn_like(book[5]), dim=0)  # a chain
+    mapping = train.synonym_map(vq, threshold=0.2, n_images=16)
+    assert mapping.shape == (book.shape[0],)
+    assert mapping[3] == mapping[5] == mapping[9] and int(mapping[3]) in (3, 5, 9)
+    others = [c for c in range(book.shape[0]) if c not in (3, 5, 9)]
+    assert mapping[others].tolist() == others  # distinct codes stay themselves
+    assert torch.equal(mapping[mapping], mapping)  # representatives map to themselves
