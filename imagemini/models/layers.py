@@ -26,6 +26,8 @@ class Linear(nn.Linear):
         n = rows.shape[0]
         if n == tile:
             return self._tile_matmul(rows).reshape(*x.shape[:-1], -1)
+        if n < tile:  # the usual case outside the decoder (generation head, aligners): one padded tile
+            return self._tile_matmul(F.pad(rows, (0, 0, 0, tile - n)))[:n].reshape(*x.shape[:-1], -1)
         if n % tile:
             rows = F.pad(rows, (0, 0, 0, tile - n % tile))
         out = torch.cat([self._tile_matmul(block) for block in rows.split(tile)])
