@@ -50,10 +50,6 @@ def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -
     return ids, embeds
 
 
-def _answer_text(text: str) -> str:
-    return text.split("</think>")[-1].strip()
-
-
 def _scene_scores(truth: Scene, got: Scene | None) -> dict[str, bool]:
     """GenEval-style checks of one drawing against its truth."""
     if got is None:
@@ -92,10 +88,16 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
                 if group == "reasoning":
                     jobs.append((group, ex, True))
     prompts = [_prompt(engine, proc, ex, think) for _, ex, think in jobs]
-    results = engine.generate([p for p, _ in prompts], SamplingParams(max_tokens=160, temperature=0), [e for _, e in prompts])
+    # With thinking on, the prompt opens the thought and the engine keeps it apart (the think
+    # delimiters are special tokens: they never appear in the answer's text).
+    plain = SamplingParams(max_tokens=160, temperature=0)
+    thinking = SamplingParams(max_tokens=200, temperature=0, reasoning_budget=160)
+    results = engine.generate(
+        [p for p, _ in prompts], [thinking if think else plain for _, _, think in jobs], [e for _, e in prompts]
+    )
     correct: dict[str, list[bool]] = defaultdict(list)
     for (group, ex, think), r in zip(jobs, results):
-        got = _answer_text(r["text"])
+        got = r["text"].strip()
         if ex.task == "describe_json":
             try:
                 ok = json.loads(got) == ex.answer
