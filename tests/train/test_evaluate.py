@@ -1,0 +1,20 @@
+"""`imagemini eval` end to end on the random tiny checkpoint: every score is reported, the
+thinking runs go through the engine's reasoning mode, and the sample grid is written."""
+
+from __future__ import annotations
+
+import json
+
+from imagemini.train.evaluate import TEXT_TASKS, evaluate
+
+
+def test_eval_reports_every_score_and_writes_the_grid(tiny_checkpoint, tmp_path):
+    report = evaluate(tiny_checkpoint, n=1, out=tmp_path)
+    scores = report["scores"]
+    for group in TEXT_TASKS:
+        assert 0.0 <= scores[group] <= 1.0
+    assert 0.0 <= scores["reasoning_thinking"] <= 1.0
+    for key in ("draw_exact", "edit_exact", "single_object", "counting", "colours", "position"):
+        assert key in scores
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert (tmp_path / "samples.png").stat().st_size > 0
