@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -85,6 +86,9 @@ class EngineFrontend:
 
 # --- the engine process --------------------------------------------------------------------
 def _engine_process(model_dir: str, config: EngineConfig, threads: int | None, conn: Connection) -> None:
+    # Ctrl-C reaches the whole process group: the API process decides when the engine stops
+    # (after draining), so the engine must not die of the same keystroke mid-request.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=os.environ.get("IMAGEMINI_LOG_LEVEL", "info").upper(),
                         format="%(levelname)s:     engine: %(message)s")
     if threads:
