@@ -1,0 +1,52 @@
+"""Stage 2 of the recipe (imagemini.train.lm) at toy size: the loss goes down, the run resumes
+from its state, the scene reader trains beside it, and the export loads as a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imagemini.models.config import VQConfig
+from imagemini.models.janus import load_janus
+from imagemini.models.vq import VQModel
+from imagemini.train import lm
+from imagemini.train import vq as vq_stage
+
+
+@pytest.fixture
+def toy(monkeypatch, tmp_path):
+    monkeypatch.setattr(lm, "TEXT", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    monkeypatch.setattr(lm, "VISION", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           patch_size=4, mlp_ratio=2.0))
+    config = {**vq_stage.BUNDLED_VQ_CONFIG, "num_embeddings": 64}
+    torch.manual_seed(0)
+    vq_stage.save_vq(VQModel(VQConfig.from_dict(config)), config, tmp_path)
+    return tmp_path
+
+
+def losses(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
+    out = tmp_path / "lm"
+    cfg = lm.TrainConfig(minutes=10, batch_tokens=3000, lr=3e-3, warmup_steps=5, vocab_size=600,
+                         tokenizer_examples=2000, max_steps=30, threads=1)
+    lm.train(out, toy, cfg)
+    first = losses(out)
+    assert len(first) == 30
+    assert any("scene" in row for row in first)  # the scene reader saw user images
+    early = sum(r["loss"] for r in first[:5]) / 5
+    late = sum(r["loss"] for r in first[-5:]) / 5
+    assert late < 0.8 * early
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 30 and "reader" in state
+
+    checkpoint = lm.train(out, toy, lm.TrainConfig(**{**cfg.__dict__, "max_steps": 35}))
+    assert [r["step"] for r in losses(out)][30:] == [31, 32, 33, 34, 35]  # went on from step 30
+    model = load_janus(checkpoint, torch.float32)
+    assert json.loads((checkpoint / "training.json").read_text())["steps"] == 35
+    assert not any(k.startswith("reader") for k in model.state_dict())  # the reader is not exported
