@@ -1,0 +1,135 @@
+"""The bundled shapes-world model behind the real server, through the `openai` SDK: what it reads
+from a rendered picture (issue 5) and what it draws and keeps when editing (issue 6), judged by
+the scene parser. Greedy text and fixed seeds, so outcomes are fixed on a given machine; the bars
+are what this checkpoint does with some margin for other CPUs' kernels. Issue 5/6's full bars
+(naming the shape; the exact scene drawn or edited) are not met yet: the tests print those rates
+and the model card reports the held-out ones. A random checkpoint fails every assertion here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from mediatest import image_part
+from PIL import Image
+
+from imagemini.cli import BUNDLED_MODEL
+from imagemini.world import SceneParseError, parse_image, render
+from imagemini.world.scene import Scene, SceneObject
+
+pytestmark = pytest.mark.skipif(
+    not (BUNDLED_MODEL / "model.safetensors").exists(), reason="no bundled checkpoint in this checkout"
+)
+
+# One large object per shape, in (shape, colour) pairs the model was trained on.
+SCENES = [
+    Scene("white", (SceneObject("circle", "red", "large", "center"),)),
+    Scene("yellow", (SceneObject("square", "blue", "large", "top left"),)),
+    Scene("black", (SceneObject("triangle", "red", "large", "bottom right"),)),
+    Scene("white", (SceneObject("cross", "green", "large", "top"),)),
+    Scene("blue", (SceneObject("circle", "yellow", "large", "left"),)),
+    Scene("white", (SceneObject("square", "green", "large", "bottom"),)),
+    Scene("purple", (SceneObject("triangle", "white", "large", "center"),)),
+    Scene("gray", (SceneObject("cross", "red", "large", "right"),)),
+]
+
+
+DRAW_SEEDS = 16
+MIN_PLACED = 9  # of 16 (12 on the machine that trained it)
+MIN_KEPT = 9  # of 16 (13 there)
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    with start_server(BUNDLED_MODEL) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server, sdk):
+    return sdk(server)
+
+
+@pytest.fixture(scope="module")
+def model_id(client) -> str:
+    return client.models.list().data[0].id
+
+
+def png(scene: Scene) -> bytes:
+    buffer = io.BytesIO()
+    render(scene, 64).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def read_scene(url: str) -> Scene | None:
+    assert url.startswith("data:image/png;base64,")
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    try:
+        return parse_image(pixels)
+    except SceneParseError:
+        return None
+
+
+def describe(client, model_id, scene: Scene) -> str:
+    reply = client.chat.completions.create(
+        model=model_id, temperature=0, max_tokens=40,
+        messages=[{"role": "user", "content": [image_part(png(scene)), {"type": "text", "text": "Describe the picture."}]}],
+    )
+    return reply.choices[0].message.content
+
+
+def test_describes_what_it_sees_in_rendered_scenes(client, model_id):
+    """Colour, size, place and background of the object, read from the pixels (the prompt
+    says nothing about them). Its shape is the part this checkpoint does not yet read reliably
+    (3 of these 8: see the model card), so it is printed, not asserted."""
+    shapes = []
+    for scene in SCENES:
+        text = describe(client, model_id, scene)
+        obj = scene.objects[0]
+        for word in (obj.color, obj.size, f"at the {obj.position}", f"on {'an' if scene.background[0] in 'aeiou' else 'a'} {scene.background} background"):
+            assert word in text, (scene, text)
+        shapes.append(obj.shape in text)
+    print(f"shape named in {sum(shapes)} of {len(shapes)}")
+
+
+def test_different_pictures_get_different_descriptions(client, model_id):
+    assert len({describe(client, model_id, scene) for scene in SCENES}) == len(SCENES)
+
+
+def test_draws_the_red_circle_scene(client, model_id):
+    wanted = Scene("white", (SceneObject("circle", "red", "large", "top left"),))
+    drawn = []
+    for seed in range(DRAW_SEEDS):
+        reply = client.chat.completions.create(
+            model=model_id, modalities=["image"], seed=seed, max_tokens=300,
+            messages=[{"role": "user", "content": "Draw a large red circle at the top left on a white background."}],
+        )
+        images = reply.choices[0].message.model_extra["images"]
+        assert len(images) == 1
+        drawn.append(read_scene(images[0]["image_url"]["url"]))
+    exact = sum(scene == wanted for scene in drawn)
+    # What this checkpoint gets right: the background and an object where asked. Exact scenes
+    # (extra objects, shape) it does not yet (printed; the model card has the held-out rates).
+    placed = sum(scene is not None and scene.background == "white" and any(o.position == "top left" for o in scene.objects)
+                 for scene in drawn)
+    print(f"red circle: exact {exact} of {DRAW_SEEDS}, white background with an object at the top left {placed}")
+    assert placed >= MIN_PLACED
+
+
+def test_edit_keeps_the_picture(client, model_id):
+    before = Scene("white", (SceneObject("circle", "red", "large", "center"),))
+    after = Scene("white", (SceneObject("circle", "blue", "large", "center"),))
+    edited = []
+    for seed in range(DRAW_SEEDS):
+        reply = client.chat.completions.create(
+            model=model_id, modalities=["image"], seed=seed, max_tokens=300,
+            messages=[{"role": "user", "content": [image_part(png(before)), {"type": "text", "text": "Change the circle to blue."}]}],
+        )
+        edited.append(read_scene(reply.choices[0].message.model_extra["images"][0]["image_url"]["url"]))
+    exact = sum(scene == after for scene in edited)
+    kept = sum(scene is not None and scene.background == "white" for scene in edited)
+    print(f"edit: exact {exact} of {DRAW_SEEDS}, white background kept {kept}")
+    assert kept >= MIN_KEPT
