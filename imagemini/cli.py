@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "bundled"
-FIXTURE_CACHE = Path.home() / ".cache" / "imagemini" / "random-fixture-small"
 
 log = logging.getLogger("imagemini")
 
@@ -29,9 +28,7 @@ def default_model_dir() -> Path:
     log.warning(
         "no bundled checkpoint at %s yet: serving the RANDOM TEST FIXTURE (answers are noise)", BUNDLED_MODEL
     )
-    if not (FIXTURE_CACHE / "model.safetensors").exists():
-        random_fixture.build(FIXTURE_CACHE, size="small")
-    return FIXTURE_CACHE
+    return random_fixture.cached_small()
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -194,25 +191,19 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    t = bench.add_parser("text", help="decode tokens/s: our engine vs transformers' generate")
-    t.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
-    t.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    t.add_argument("--max-tokens", type=int, default=128)
-    t.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    t.set_defaults(func=cmd_bench)
-    h = bench.add_parser("http", help="tokens/s streamed through the HTTP server vs the engine alone")
-    h.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
-    h.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    h.add_argument("--max-tokens", type=int, default=128)
-    h.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    h.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
-    h.set_defaults(func=cmd_bench)
-    st = bench.add_parser("structured", help="tokens/s with and without a JSON schema, and the grammar mask's cost")
-    st.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
-    st.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    st.add_argument("--max-tokens", type=int, default=128)
-    st.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    st.set_defaults(func=cmd_bench)
+    for name, help_text in (
+        ("text", "decode tokens/s: our engine vs transformers' generate"),
+        ("http", "tokens/s streamed through the HTTP server vs the engine alone"),
+        ("structured", "tokens/s with and without a JSON schema, and the grammar mask's cost"),
+    ):
+        b = bench.add_parser(name, help=help_text)
+        b.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
+        b.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+        b.add_argument("--max-tokens", type=int, default=128)
+        b.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+        if name == "http":
+            b.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
+        b.set_defaults(func=cmd_bench)
     from imagemini.bench import images as bench_images
 
     i = bench.add_parser("images", help="encoder cache: hit vs miss latency for a resent image")

@@ -57,7 +57,7 @@ def bench_engine(engine: Engine, prompts: list[list[int]]) -> float:
     params = SamplingParams(max_tokens=n + 1, temperature=0.0, image_output=True, guidance_scale=GUIDANCE)
     start = time.perf_counter()
     results = engine.generate(prompts, params)
-    pixels = [engine.runner.decode_image(r["images"][0]) for r in results]
+    pixels = [engine.model.decode_image_pixels(r["images"][0]) for r in results]
     elapsed = time.perf_counter() - start
     assert len(pixels) == len(prompts)
     return len(prompts) / elapsed

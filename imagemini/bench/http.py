@@ -16,12 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from imagemini.bench.text import PROMPTS, _prompts, bench_engine
 from imagemini.engine.engine import Engine, EngineConfig
+from imagemini.models import random_fixture
 
 
 def _free_port() -> int:
@@ -31,11 +31,7 @@ def _free_port() -> int:
 
 
 def main(args: argparse.Namespace) -> None:
-    path = args.model
-    if path is None:
-        from imagemini.models import random_fixture
-
-        path = random_fixture.build(Path.home() / ".cache" / "imagemini" / "random-fixture-small", size="small")
+    path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     eos = engine.tokenizer.special.eos
     port = _free_port()

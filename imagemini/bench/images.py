@@ -27,6 +27,7 @@ from imagemini.api.encoder import EncoderCache, VisionEncoder
 from imagemini.api.media import ImageRef, MediaReader
 from imagemini.api.settings import ServerSettings
 from imagemini.engine.engine import Engine, EngineConfig
+from imagemini.models import random_fixture
 from imagemini.models.processor import Processor
 
 
@@ -57,13 +58,7 @@ def main(args: argparse.Namespace | None = None) -> dict:
         add_arguments(parser)
         args = parser.parse_args()
     torch.set_grad_enabled(False)
-    path = args.model
-    if path is None:
-        from imagemini.models import random_fixture
-
-        path = Path.home() / ".cache" / "imagemini" / "random-fixture-small"
-        if not (path / "model.safetensors").exists():
-            random_fixture.build(path, size="small")
+    path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     processor = Processor.from_dir(path, engine.tokenizer)
     reader = MediaReader(ServerSettings())

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from imagemini.engine import structured
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
+from imagemini.models import random_fixture
 
 from .text import _prompts
 
@@ -92,11 +92,7 @@ def run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> tup
 
 def main(args: argparse.Namespace) -> None:
     torch.set_grad_enabled(False)
-    path = args.model
-    if path is None:
-        from imagemini.models import random_fixture
-
-        path = random_fixture.build(Path.home() / ".cache" / "imagemini" / "random-fixture-small", size="small")
+    path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     tok = engine.tokenizer
     start = time.perf_counter()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from imagemini.engine.engine import DTYPES, Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
+from imagemini.models import random_fixture
 
 PROMPTS = [
     "Describe the picture.",
@@ -71,11 +71,7 @@ def main(args: argparse.Namespace) -> None:
     import transformers
 
     torch.set_grad_enabled(False)
-    path = args.model
-    if path is None:
-        from imagemini.models import random_fixture
-
-        path = random_fixture.build(Path.home() / ".cache" / "imagemini" / "random-fixture-small", size="small")
+    path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     transformers.logging.set_verbosity_error()
     hf = transformers.JanusForConditionalGeneration.from_pretrained(path, dtype=DTYPES[args.dtype]).eval()

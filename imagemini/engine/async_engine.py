@@ -80,9 +80,6 @@ class EngineFrontend:
         self.model.model.language_model.layers = torch.nn.ModuleList()
         self.grammars = GrammarCompiler(self.tokenizer, self.model.cfg.text.vocab_size)
 
-    def decode_image(self, codes: list[int]) -> torch.Tensor:
-        return self.model.decode_image_pixels(codes)
-
 
 # --- the engine process --------------------------------------------------------------------
 def _engine_process(model_dir: str, config: EngineConfig, threads: int | None, conn: Connection) -> None:
@@ -208,10 +205,6 @@ class AsyncEngine:
     @property
     def tokenizer(self) -> Tokenizer:
         return self.frontend.tokenizer
-
-    @property
-    def engine_pid(self) -> int | None:
-        return self._process.pid
 
     def start(self) -> None:
         """Attach to the running event loop (idempotent)."""

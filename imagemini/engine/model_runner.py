@@ -120,8 +120,3 @@ class ModelRunner:
     @torch.inference_mode()
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.image_logits(hidden).float()
-
-    @torch.inference_mode()
-    def decode_image(self, codes: list[int]) -> torch.Tensor:
-        """One image's codes -> uint8 pixels [S, S, 3] (one image per call: same bits always)."""
-        return self.model.decode_image_pixels(codes)

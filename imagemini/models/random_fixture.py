@@ -173,6 +173,16 @@ def build(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     return out
 
 
+SMALL_FIXTURE_CACHE = Path.home() / ".cache" / "imagemini" / "random-fixture-small"
+
+
+def cached_small() -> Path:
+    """The "small" fixture the benchmarks and a checkout without a bundled model use, built once."""
+    if not (SMALL_FIXTURE_CACHE / "model.safetensors").exists():
+        build(SMALL_FIXTURE_CACHE, size="small")
+    return SMALL_FIXTURE_CACHE
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")

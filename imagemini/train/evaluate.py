@@ -128,7 +128,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
     for ex, r in zip(image_jobs, results):
         scene = None
         if r["images"]:
-            pixels = engine.runner.decode_image(r["images"][0]).numpy()
+            pixels = engine.model.decode_image_pixels(r["images"][0]).numpy()
             if len(grid) < 64:
                 grid.append(pixels)
             try:

@@ -42,7 +42,7 @@ def test_greedy_guided_codes_match_transformers(engine, tiny_checkpoint):
 def test_decoded_image_has_the_checkpoint_resolution(engine):
     n = engine.num_image_tokens
     codes = engine.generate([draw_prompt(engine)], SamplingParams(max_tokens=n + 1, seed=3, image_output=True))[0]["images"][0]
-    pixels = engine.runner.decode_image(codes)
+    pixels = engine.model.decode_image_pixels(codes)
     side = engine.model.cfg.image_resolution
     assert pixels.shape == (side, side, 3) and pixels.dtype == torch.uint8
 
