@@ -83,6 +83,11 @@ def render_array(
     return canvas
 
 
+def object_masks(scene: Scene, size: int, offsets: Offsets) -> list[np.ndarray]:
+    """Boolean (size, size) pixel mask of each object as :func:`render_array` draws it."""
+    return [_object_mask(obj, dx, dy, size) for obj, (dx, dy) in zip(scene.objects, offsets)]
+
+
 def _object_mask(obj: SceneObject, dx: float, dy: float, size: int) -> np.ndarray:
     cx, cy = obj.center
     return shape_mask(obj.shape, (cx + dx) * size, (cy + dy) * size, obj.extent * size, size)

@@ -50,3 +50,32 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     model = load_janus(checkpoint, torch.float32)
     assert json.loads((checkpoint / "training.json").read_text())["steps"] == 35
     assert not any(k.startswith("reader") for k in model.state_dict())  # the reader is not exported
+
+
+def test_scene_reader_labels_mark_exactly_the_patches_an_object_is_drawn_in():
+    import random
+
+    import numpy as np
+
+    from imagemini.world import render, sample_scene
+    from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
+    from imagemini.world.tasks import ImageRef
+
+    rng = random.Random(3)
+    refs = []
+    for _ in range(20):
+        scene = sample_scene(rng)
+        refs.append(ImageRef(scene, tuple(sample_offsets(scene, rng))))
+    labels = lm.SceneReader.labels(refs, 64, 16)
+    for i, ref in enumerate(refs):
+        pixels = np.asarray(render(ref.scene, 64, offsets=ref.offsets)).astype(int)
+        drawn = (pixels != np.array(PALETTE[ref.scene.background])).any(-1)
+        patches = torch.from_numpy(drawn.reshape(16, 4, 16, 4).any(axis=(1, 3)).reshape(-1))
+        for key in ("shape", "color", "size"):
+            assert torch.equal(labels[key][i] > 0, patches)
+        attributes = {
+            (SHAPES[s - 1], list(COLORS)[c - 1], list(SIZES)[z - 1])
+            for s, c, z in zip(labels["shape"][i][patches], labels["color"][i][patches], labels["size"][i][patches])
+        }
+        assert attributes == {(o.shape, o.color, o.size) for o in ref.scene.objects}
+        assert BACKGROUNDS[labels["background"][i]] == ref.scene.background
