@@ -111,7 +111,7 @@ class Janus(nn.Module):
         if key_mask is not None:
             positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
         else:
-            positions = torch.arange(t).expand(b, t)
+            positions = torch.arange(t, device=embeds.device).expand(b, t)
         out = self.decoder(embeds.reshape(b * t, h), positions.reshape(-1), padded_causal_attend(b, t, key_mask))
         return out.view(b, t, h)
 

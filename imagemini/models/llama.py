@@ -25,7 +25,7 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin of shape [N, head_dim] for integer positions [N] (Llama's default RoPE)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
     freqs = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -145,9 +145,9 @@ def padded_causal_attend(batch: int, length: int, key_mask: torch.Tensor | None 
     [batch, length] bool mask of real (True) vs padding (False) keys."""
     mask = None  # plain causal attention: the fast kernel
     if key_mask is not None:
-        mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None] & key_mask[:, None, None, :]
+        mask = torch.ones(length, length, dtype=torch.bool, device=key_mask.device).tril()[None, None] & key_mask[:, None, None, :]
         # A fully padded query row would softmax over nothing; let it see itself instead.
-        mask = mask | torch.eye(length, dtype=torch.bool)[None, None]
+        mask = mask | torch.eye(length, dtype=torch.bool, device=key_mask.device)[None, None]
 
     def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         heads, d = q.shape[1], q.shape[2]

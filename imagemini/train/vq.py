@@ -333,7 +333,7 @@ def synonym_map(vq: VQModel, threshold: float = SYNONYM_DISTANCE, n_images: int 
     """
     book = F.normalize(vq.quantize.embedding.weight.float(), dim=-1)
     pixels, _ = sample_batch(random.Random(SYNONYM_SEED), n_images)
-    usage = torch.bincount(vq.encode(pixels).flatten(), minlength=book.shape[0])
+    usage = torch.bincount(vq.encode(pixels.to(book.device)).flatten().cpu(), minlength=book.shape[0])
     parent = list(range(book.shape[0]))
 
     def root(a: int) -> int:
@@ -342,7 +342,7 @@ def synonym_map(vq: VQModel, threshold: float = SYNONYM_DISTANCE, n_images: int 
             a = parent[a]
         return a
 
-    for i, j in torch.nonzero(torch.cdist(book, book) < threshold).tolist():
+    for i, j in torch.nonzero(torch.cdist(book, book) < threshold).cpu().tolist():
         if i < j:
             parent[root(i)] = root(j)
     groups: dict[int, list[int]] = {}
@@ -351,7 +351,7 @@ def synonym_map(vq: VQModel, threshold: float = SYNONYM_DISTANCE, n_images: int 
     mapping = torch.arange(book.shape[0])
     for members in groups.values():
         mapping[members] = max(members, key=lambda c: (int(usage[c]), -c))
-    return mapping
+    return mapping.to(book.device)
 
 
 def save_vq(vq: VQModel, vq_config: dict, out_dir: Path) -> None:

@@ -34,7 +34,7 @@ def losses(out) -> list[dict]:
 def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     out = tmp_path / "lm"
     cfg = lm.TrainConfig(minutes=10, batch_tokens=3000, lr=3e-3, warmup_steps=5, vocab_size=600,
-                         tokenizer_examples=2000, max_steps=30, threads=1)
+                         tokenizer_examples=2000, max_steps=30, threads=1, vision_minutes=0.05)
     lm.train(out, toy, cfg)
     first = losses(out)
     assert len(first) == 30
@@ -44,9 +44,11 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     assert late < 0.8 * early
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 30 and "reader" in state
+    assert state["vision_seconds"] >= 3  # the vision warm-up ran first, for its budget
 
     checkpoint = lm.train(out, toy, lm.TrainConfig(**{**cfg.__dict__, "max_steps": 35}))
     assert [r["step"] for r in losses(out)][30:] == [31, 32, 33, 34, 35]  # went on from step 30
+    assert torch.load(out / "last.pt", weights_only=False)["vision_seconds"] == state["vision_seconds"]  # not again
     model = load_janus(checkpoint, torch.float32)
     assert json.loads((checkpoint / "training.json").read_text())["steps"] == 35
     assert not any(k.startswith("reader") for k in model.state_dict())  # the reader is not exported
@@ -79,3 +81,21 @@ def test_scene_reader_labels_mark_exactly_the_patches_an_object_is_drawn_in():
         }
         assert attributes == {(o.shape, o.color, o.size) for o in ref.scene.objects}
         assert BACKGROUNDS[labels["background"][i]] == ref.scene.background
+
+
+def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
+    import random
+
+    from imagemini.models.processor import Processor
+
+    cfg = lm.TrainConfig(vocab_size=600, tokenizer_examples=2000, threads=1, vision_batch=4)
+    init = lm.prepare_checkpoint_dir(tmp_path / "lm", toy, cfg)
+    model = load_janus(init, torch.float32).train()
+    reader = lm.SceneReader(model.cfg.text.hidden_size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spent = lm.read_scenes(model, reader, Processor.from_dir(init), 2.0, cfg, random.Random(0))
+    assert spent >= 2.0
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("model.vision_model.") for k in changed)
+    assert any(k.startswith("model.aligner.") for k in changed)
+    assert all(k.startswith(("model.vision_model.", "model.aligner.")) for k in changed)
