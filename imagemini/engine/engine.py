@@ -210,15 +210,18 @@ class Engine:
 
     def _guided_image_logits(self, hidden: torch.Tensor, row_of: dict[int, int], seqs: list[Sequence]) -> torch.Tensor:
         """uncond + scale·(cond − uncond) per image row (just cond where guidance is off)."""
-        partners = [s for s in seqs if s.cfg_partner is not None]
-        rows = [row_of[id(s)] for s in seqs] + [row_of[id(s.cfg_partner)] for s in partners]
+        guided = [i for i, s in enumerate(seqs) if s.cfg_partner is not None]
+        rows = [row_of[id(s)] for s in seqs] + [row_of[id(seqs[i].cfg_partner)] for i in guided]
         logits = self.runner.image_logits(hidden[rows])
         cond, uncond = logits[: len(seqs)], logits[len(seqs) :]
-        guided = cond.clone()
-        for j, i in enumerate(i for i, s in enumerate(seqs) if s.cfg_partner is not None):
-            scale = seqs[i].params.guidance_scale
-            guided[i] = uncond[j] + scale * (cond[i] - uncond[j])
-        return guided
+        if not guided:
+            return cond
+        scales = torch.tensor([seqs[i].params.guidance_scale for i in guided], dtype=logits.dtype)[:, None]
+        if len(guided) == len(seqs):
+            return uncond + scales * (cond - uncond)
+        out = cond.clone()
+        out[guided] = uncond + scales * (cond[guided] - uncond)
+        return out
 
     def _start_image(self, seq: Sequence) -> None:
         seq.image_tokens_left = self.num_image_tokens

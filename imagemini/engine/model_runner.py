@@ -32,11 +32,20 @@ class Chunk:
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """One pre-scaled float32 query row q [1, Hq, D] over float32 keys/values [Hkv, L, D]:
-    plain matmuls beat the fused kernel's set-up cost at this size."""
-    heads, kv_heads, d = q.shape[1], keys.shape[0], q.shape[2]
-    scores = torch.matmul(q.view(kv_heads, heads // kv_heads, d), keys.transpose(1, 2))
-    return torch.matmul(torch.softmax(scores, dim=-1), values).view(1, heads, d)
+    """B pre-scaled float32 query rows q [B, Hq, D], one per sequence, over float32 keys/values
+    [B·Hkv, L, D] of B sequences of one length: plain batched matmuls beat the fused kernel's
+    set-up cost at this size."""
+    b, heads, d = q.shape
+    kv_heads = keys.shape[0] // b
+    scores = torch.matmul(q.view(b * kv_heads, heads // kv_heads, d), keys.transpose(1, 2))
+    return torch.matmul(torch.softmax(scores, dim=-1), values).view(b, heads, d)
+
+
+def _is_guided_pair(c: Chunk, partner: Chunk) -> bool:
+    """A decoding image row and its unconditional partner's row: always scheduled together, with
+    contexts of one length, so attending to both at once depends on nothing else in the batch."""
+    return (c.length == 1 and partner.length == 1 and partner.seq is c.seq.cfg_partner
+            and partner.end == c.end and c.seq.kv.pair is not None)
 
 
 class ModelRunner:
@@ -57,33 +66,59 @@ class ModelRunner:
                 ids.extend([0] * c.length)  # placeholder rows, overwritten below
             else:
                 ids.extend(c.seq.token_at(p) for p in range(c.start, c.end))
-        ids = torch.tensor(ids)
         vocab = self.model.cfg.text.vocab_size
-        codes = ids >= vocab
+        code_rows = [i for i, t in enumerate(ids) if t >= vocab]
+        ids = torch.tensor(ids)
+        if len(code_rows) == len(ids):  # a step of image rows only
+            return self.model.embed_image_codes(ids - vocab).to(self.dtype)
         embeds = self.model.embed_tokens(ids.clamp(max=vocab - 1))
-        if codes.any():
-            embeds[codes] = self.model.embed_image_codes(ids[codes] - vocab).to(embeds.dtype)
+        if code_rows:
+            rows = torch.tensor(code_rows)
+            embeds[rows] = self.model.embed_image_codes(ids[rows] - vocab).to(embeds.dtype)
         for offset, rows in parts:
             embeds[offset : offset + rows.shape[0]] = rows.to(embeds.dtype)
         return embeds
 
     def _attend(self, chunks: list[Chunk]):
+        # This step's plan, made once for all layers: (first row, chunk, its guided partner or None).
+        plan: list[tuple[int, Chunk, Chunk | None]] = []
+        i = offset = 0
+        while i < len(chunks):
+            c = chunks[i]
+            if i + 1 < len(chunks) and _is_guided_pair(c, chunks[i + 1]):
+                plan.append((offset, c, chunks[i + 1]))
+                i, offset = i + 2, offset + 2
+            else:
+                plan.append((offset, c, None))
+                i, offset = i + 1, offset + c.length
+        rows = offset
+
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # New keys/values of every chunk into its sequence's cache, in one call.
-            destinations, sources, offset = [], [], 0
-            for c in chunks:
-                rows = slice(offset, offset + c.length)
-                offset += c.length
-                destinations += [c.seq.kv.k[layer][:, c.start : c.end], c.seq.kv.v[layer][:, c.start : c.end]]
-                sources += [k[rows].transpose(0, 1), v[rows].transpose(0, 1)]
+            destinations, sources = [], []
+            k_rows, v_rows = k[:, :, None], v[:, :, None]  # [N, Hkv, 1, D]: a pair's rows as its cache writes them
+            for first, c, partner in plan:
+                if partner is not None:
+                    pair_k, pair_v = c.seq.kv.pair[0][layer], c.seq.kv.pair[1][layer]
+                    destinations += [pair_k[:, :, c.start : c.end], pair_v[:, :, c.start : c.end]]
+                    sources += [k_rows[first : first + 2], v_rows[first : first + 2]]
+                else:
+                    kv = c.seq.kv
+                    destinations += [kv.k_layers[layer][:, c.start : c.end], kv.v_layers[layer][:, c.start : c.end]]
+                    sources += [k[first : first + c.length].transpose(0, 1), v[first : first + c.length].transpose(0, 1)]
             torch._foreach_copy_(destinations, sources)
-            # Attention per sequence over exactly its own tokens (float32, query pre-scaled).
+            # Attention per sequence (per guided pair) over exactly its own tokens (float32, query pre-scaled).
             q = q.float() * (q.shape[-1] ** -0.5)
-            outputs, offset = [], 0
-            for c in chunks:
-                query = q[offset : offset + c.length]
-                offset += c.length
-                keys, values = c.seq.kv.k[layer][:, : c.end], c.seq.kv.v[layer][:, : c.end]
+            outputs = []
+            for first, c, partner in plan:
+                if partner is not None:
+                    pair_k, pair_v = c.seq.kv.pair[0][layer], c.seq.kv.pair[1][layer]
+                    keys = pair_k[:, :, : c.end].flatten(0, 1)  # [2·Hkv, L, D], a view
+                    values = pair_v[:, :, : c.end].flatten(0, 1)
+                    outputs.append(_decode_attention(q[first : first + 2], keys, values))
+                    continue
+                query = q[first : first + c.length]
+                keys, values = c.seq.kv.k_layers[layer][:, : c.end], c.seq.kv.v_layers[layer][:, : c.end]
                 if c.length == 1:
                     outputs.append(_decode_attention(query, keys, values))
                     continue
@@ -93,8 +128,8 @@ class ModelRunner:
                     enable_gqa=query.shape[1] != keys.shape[0],
                 )
                 outputs.append(out[0].transpose(0, 1))
-            if offset < q.shape[0]:  # tile padding rows: attend to nothing, stay zero
-                outputs.append(q.new_zeros(q.shape[0] - offset, *q.shape[1:]))
+            if rows < q.shape[0]:  # tile padding rows: attend to nothing, stay zero
+                outputs.append(q.new_zeros(q.shape[0] - rows, *q.shape[1:]))
             return torch.cat(outputs).to(k.dtype)
 
         return attend

@@ -60,9 +60,10 @@ class Scheduler:
                 break  # first come, first served: later requests do not overtake it
             self.waiting.popleft()
             room = len(seq.prompt_ids) + seq.params.max_tokens
-            seq.kv = self.kv_cache.allocate(room)
             if seq.cfg_partner is not None:
-                seq.cfg_partner.kv = self.kv_cache.allocate(room)
+                seq.kv, seq.cfg_partner.kv = self.kv_cache.allocate_pair(room)
+            else:
+                seq.kv = self.kv_cache.allocate(room)
             seq.status = Status.RUNNING
             self.running.append(seq)
 
