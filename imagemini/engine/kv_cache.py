@@ -9,7 +9,7 @@ on exactly its own tokens: the shape of that computation never depends on the ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,15 +20,10 @@ from imagemini.models.config import TextConfig
 class SequenceKV:
     k: torch.Tensor  # [layers, kv_heads, capacity, head_dim]
     v: torch.Tensor
-    # A guided-image pair (a sequence and its unconditional partner) shares one allocation:
-    # per layer keys and values [2, kv_heads, capacity, head_dim], so that the pair's decode
-    # rows are written and attended in one batched call each.
-    pair: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
-    k_layers: tuple[torch.Tensor, ...] = field(init=False, repr=False)  # per-layer views, made once
-    v_layers: tuple[torch.Tensor, ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
+    # A guided-image pair (a sequence and its unconditional partner) shares one allocation,
+    # keys and values [layers, 2, kv_heads, capacity, head_dim] (k and v above are views of it),
+    # so that the pair's decode rows are written and attended in one batched call each.
+    pair: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def capacity(self) -> int:
@@ -71,8 +66,7 @@ class KVCache:
         shape = (c.num_hidden_layers, 2, c.num_key_value_heads, tokens, c.head_dim)
         self.used_tokens += 2 * tokens
         k, v = torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)
-        layers = (k.unbind(0), v.unbind(0))
-        return SequenceKV(k[:, 0], v[:, 0], layers), SequenceKV(k[:, 1], v[:, 1], layers)
+        return SequenceKV(k[:, 0], v[:, 0], (k, v)), SequenceKV(k[:, 1], v[:, 1], (k, v))
 
     def free(self, kv: SequenceKV) -> None:
         self.used_tokens -= kv.capacity

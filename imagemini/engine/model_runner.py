@@ -48,6 +48,45 @@ def _is_guided_pair(c: Chunk, partner: Chunk) -> bool:
             and partner.end == c.end and c.seq.kv.pair is not None)
 
 
+@dataclass
+class _Group:
+    """One chunk's rows (or a guided pair's two rows) in a step, with its cache views per layer,
+    made once per step: where its new keys/values go, and the keys/values it attends to."""
+
+    chunk: Chunk
+    first: int  # its first row in the step's batch
+    rows: int
+    paired: bool
+    write_k: tuple[torch.Tensor, ...]
+    write_v: tuple[torch.Tensor, ...]
+    read_k: tuple[torch.Tensor, ...]
+    read_v: tuple[torch.Tensor, ...]
+
+
+def _plan(chunks: list[Chunk]) -> list[_Group]:
+    plan: list[_Group] = []
+    i = first = 0
+    while i < len(chunks):
+        c = chunks[i]
+        if i + 1 < len(chunks) and _is_guided_pair(c, chunks[i + 1]):
+            k, v = c.seq.kv.pair  # [layers, 2, Hkv, capacity, D]
+            plan.append(_Group(
+                c, first, 2, True,
+                k[:, :, :, c.start : c.end].unbind(0), v[:, :, :, c.start : c.end].unbind(0),
+                k[:, :, :, : c.end].flatten(1, 2).unbind(0), v[:, :, :, : c.end].flatten(1, 2).unbind(0),
+            ))
+            i, first = i + 2, first + 2
+        else:
+            k, v = c.seq.kv.k, c.seq.kv.v  # [layers, Hkv, capacity, D]
+            plan.append(_Group(
+                c, first, c.length, False,
+                k[:, :, c.start : c.end].unbind(0), v[:, :, c.start : c.end].unbind(0),
+                k[:, :, : c.end].unbind(0), v[:, :, : c.end].unbind(0),
+            ))
+            i, first = i + 1, first + c.length
+    return plan
+
+
 class ModelRunner:
     def __init__(self, model: Janus, row_tile: int = 8) -> None:
         self.model = model
@@ -80,48 +119,29 @@ class ModelRunner:
         return embeds
 
     def _attend(self, chunks: list[Chunk]):
-        # This step's plan, made once for all layers: (first row, chunk, its guided partner or None).
-        plan: list[tuple[int, Chunk, Chunk | None]] = []
-        i = offset = 0
-        while i < len(chunks):
-            c = chunks[i]
-            if i + 1 < len(chunks) and _is_guided_pair(c, chunks[i + 1]):
-                plan.append((offset, c, chunks[i + 1]))
-                i, offset = i + 2, offset + 2
-            else:
-                plan.append((offset, c, None))
-                i, offset = i + 1, offset + c.length
-        rows = offset
+        plan = _plan(chunks)
+        rows = sum(g.rows for g in plan)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            # New keys/values of every chunk into its sequence's cache, in one call.
+            # New keys/values of every group into its cache, in one call.
+            k_rows, v_rows = k[:, :, None], v[:, :, None]  # [N, Hkv, 1, D]: a pair's rows as its cache holds them
             destinations, sources = [], []
-            k_rows, v_rows = k[:, :, None], v[:, :, None]  # [N, Hkv, 1, D]: a pair's rows as its cache writes them
-            for first, c, partner in plan:
-                if partner is not None:
-                    pair_k, pair_v = c.seq.kv.pair[0][layer], c.seq.kv.pair[1][layer]
-                    destinations += [pair_k[:, :, c.start : c.end], pair_v[:, :, c.start : c.end]]
-                    sources += [k_rows[first : first + 2], v_rows[first : first + 2]]
+            for g in plan:
+                destinations += [g.write_k[layer], g.write_v[layer]]
+                if g.paired:
+                    sources += [k_rows[g.first : g.first + 2], v_rows[g.first : g.first + 2]]
                 else:
-                    kv = c.seq.kv
-                    destinations += [kv.k_layers[layer][:, c.start : c.end], kv.v_layers[layer][:, c.start : c.end]]
-                    sources += [k[first : first + c.length].transpose(0, 1), v[first : first + c.length].transpose(0, 1)]
+                    sources += [k[g.first : g.first + g.rows].transpose(0, 1), v[g.first : g.first + g.rows].transpose(0, 1)]
             torch._foreach_copy_(destinations, sources)
             # Attention per sequence (per guided pair) over exactly its own tokens (float32, query pre-scaled).
             q = q.float() * (q.shape[-1] ** -0.5)
             outputs = []
-            for first, c, partner in plan:
-                if partner is not None:
-                    pair_k, pair_v = c.seq.kv.pair[0][layer], c.seq.kv.pair[1][layer]
-                    keys = pair_k[:, :, : c.end].flatten(0, 1)  # [2·Hkv, L, D], a view
-                    values = pair_v[:, :, : c.end].flatten(0, 1)
-                    outputs.append(_decode_attention(q[first : first + 2], keys, values))
-                    continue
-                query = q[first : first + c.length]
-                keys, values = c.seq.kv.k_layers[layer][:, : c.end], c.seq.kv.v_layers[layer][:, : c.end]
-                if c.length == 1:
+            for g in plan:
+                query, keys, values = q[g.first : g.first + g.rows], g.read_k[layer], g.read_v[layer]
+                if g.paired or g.rows == 1:
                     outputs.append(_decode_attention(query, keys, values))
                     continue
+                c = g.chunk
                 mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
                 out = F.scaled_dot_product_attention(
                     query.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, scale=1.0,
