@@ -109,7 +109,7 @@ class ModelRunner:
         code_rows = [i for i, t in enumerate(ids) if t >= vocab]
         ids = torch.tensor(ids)
         if len(code_rows) == len(ids):  # a step of image rows only
-            return self.model.embed_image_codes(ids - vocab).to(self.dtype)
+            return self._whole_tiles(self.model.embed_image_codes, ids - vocab).to(self.dtype)
         embeds = self.model.embed_tokens(ids.clamp(max=vocab - 1))
         if code_rows:
             rows = torch.tensor(code_rows)
@@ -170,8 +170,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.text_logits(hidden).float()
+        return self._whole_tiles(self.model.text_logits, hidden).float()
 
     @torch.inference_mode()
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.image_logits(hidden).float()
+        return self._whole_tiles(self.model.image_logits, hidden).float()
+
+    def _whole_tiles(self, network, rows: torch.Tensor) -> torch.Tensor:
+        """`network` (row-wise: embeddings, MLPs) on `rows` padded once to whole tiles, so each of
+        its matmuls takes the one-tile path instead of padding and cutting again."""
+        n = rows.shape[0]
+        padding = -n % self.row_tile
+        if not padding:
+            return network(rows)
+        pad = (0, padding) if rows.dim() == 1 else (0, 0, 0, padding)
+        return network(F.pad(rows, pad))[:n]
