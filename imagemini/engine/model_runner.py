@@ -88,7 +88,7 @@ def _plan(chunks: list[Chunk]) -> list[_Group]:
 
 
 class ModelRunner:
-    def __init__(self, model: Janus, row_tile: int = 8) -> None:
+    def __init__(self, model: Janus, row_tile: int | None = 8) -> None:
         self.model = model
         self.row_tile = row_tile
         model.model.language_model.fuse()
@@ -160,7 +160,7 @@ class ModelRunner:
         embeds = self._embeddings(chunks)
         positions = torch.cat([torch.arange(c.start, c.end) for c in chunks])
         # Pad the rows once to whole tiles, so every matmul below takes its one-tile fast path.
-        padding = -embeds.shape[0] % self.row_tile
+        padding = -embeds.shape[0] % self.row_tile if self.row_tile else 0
         if padding:
             embeds = F.pad(embeds, (0, 0, 0, padding))
             positions = F.pad(positions, (0, padding))
@@ -180,7 +180,7 @@ class ModelRunner:
         """`network` (row-wise: embeddings, MLPs) on `rows` padded once to whole tiles, so each of
         its matmuls takes the one-tile path instead of padding and cutting again."""
         n = rows.shape[0]
-        padding = -n % self.row_tile
+        padding = -n % self.row_tile if self.row_tile else 0
         if not padding:
             return network(rows)
         pad = (0, padding) if rows.dim() == 1 else (0, 0, 0, padding)

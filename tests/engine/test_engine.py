@@ -114,3 +114,15 @@ def test_sixteen_concurrent_requests_equal_each_alone(tiny_checkpoint, dtype):
         assert a == b, f"request {i} changed under load"
     # and the outputs are not trivially equal to each other
     assert len({tuple(a[0]) for a in alone}) > 8
+
+
+def test_untiled_engine_decodes_like_the_reference(tiny_checkpoint, reference):
+    """row_tile=None (plain batched matmuls: what `bench text` prices the seed guarantee against)
+    is the same network: in float32 its greedy tokens are transformers' too."""
+    engine = Engine.from_checkpoint(tiny_checkpoint, EngineConfig(dtype="float32", row_tile=None))
+    prompt = chat(engine, "Describe the picture.")
+    ours = engine.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0))[0]["token_ids"]
+    with torch.no_grad():
+        ids = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=engine.tokenizer.special.pad)[0, len(prompt):].tolist()
+    assert ours == ids[: len(ours)] and len(ours) > 0
