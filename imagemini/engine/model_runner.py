@@ -5,6 +5,8 @@ are stacked into one [N, hidden] matrix, so every weight matmul runs once per st
 whole batch, in fixed row tiles (models/layers.py). Attention is the only per-sequence part:
 each sequence writes its new keys/values into its own cache and attends over exactly its
 own tokens, so its arithmetic is the same whether it runs alone or beside fifteen others.
+(A guided image's conditional and unconditional rows always run together, so they attend
+as one batched pair: still nothing else in the step changes their arithmetic.)
 """
 
 from __future__ import annotations
@@ -121,10 +123,12 @@ class ModelRunner:
     def _attend(self, chunks: list[Chunk]):
         plan = _plan(chunks)
         rows = sum(g.rows for g in plan)
+        any_pair = any(g.paired for g in plan)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # New keys/values of every group into its cache, in one call.
-            k_rows, v_rows = k[:, :, None], v[:, :, None]  # [N, Hkv, 1, D]: a pair's rows as its cache holds them
+            if any_pair:  # [N, Hkv, 1, D]: a pair's rows as its cache holds them
+                k_rows, v_rows = k[:, :, None], v[:, :, None]
             destinations, sources = [], []
             for g in plan:
                 destinations += [g.write_k[layer], g.write_v[layer]]
