@@ -51,22 +51,22 @@ class KVCache:
         return tokens <= self.free_tokens
 
     def allocate(self, tokens: int) -> SequenceKV:
-        if not self.can_allocate(tokens):
-            raise MemoryError(f"KV cache: {tokens} tokens requested, {self.free_tokens} free")
-        c = self.cfg
-        shape = (c.num_hidden_layers, c.num_key_value_heads, tokens, c.head_dim)
-        self.used_tokens += tokens
-        return SequenceKV(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+        k, v = self._reserve(tokens, 1)
+        return SequenceKV(k[:, 0], v[:, 0])
 
     def allocate_pair(self, tokens: int) -> tuple[SequenceKV, SequenceKV]:
         """Room for a sequence and its guidance partner, side by side in one tensor."""
-        if not self.can_allocate(2 * tokens):
-            raise MemoryError(f"KV cache: 2 x {tokens} tokens requested, {self.free_tokens} free")
-        c = self.cfg
-        shape = (c.num_hidden_layers, 2, c.num_key_value_heads, tokens, c.head_dim)
-        self.used_tokens += 2 * tokens
-        k, v = torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)
+        k, v = self._reserve(tokens, 2)
         return SequenceKV(k[:, 0], v[:, 0], (k, v)), SequenceKV(k[:, 1], v[:, 1], (k, v))
+
+    def _reserve(self, tokens: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [layers, count, kv_heads, tokens, head_dim] for `count` sequences."""
+        if not self.can_allocate(count * tokens):
+            raise MemoryError(f"KV cache: {count} x {tokens} tokens requested, {self.free_tokens} free")
+        c = self.cfg
+        shape = (c.num_hidden_layers, count, c.num_key_value_heads, tokens, c.head_dim)
+        self.used_tokens += count * tokens
+        return torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)
 
     def free(self, kv: SequenceKV) -> None:
         self.used_tokens -= kv.capacity

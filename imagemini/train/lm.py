@@ -40,8 +40,8 @@ from imagemini.models.processor import ImageProcessorConfig, Processor
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
 from imagemini.world.render import object_masks
-from imagemini.world.scene import BACKGROUNDS, COLORS, SHAPES, SIZES, sample_offsets, sample_scene
-from imagemini.world.tasks import Example, ImageRef, generate, has_heldout_combo, prompt_and_completion, render_text, task_mixture
+from imagemini.world.scene import BACKGROUNDS, COLORS, SHAPES, SIZES, sample_offsets
+from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
 from . import tokenizer as tokenizer_stage
 
@@ -170,11 +170,8 @@ def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: flo
     bar = tqdm(total=int(seconds), unit="s", desc="read scenes", dynamic_ncols=True)
     step = 0
     while (spent := time.monotonic() - start) < seconds:
-        refs = []
-        while len(refs) < cfg.vision_batch:
-            scene = sample_scene(rng)
-            if not has_heldout_combo(scene):  # the held-out shape/colour pairs stay unseen
-                refs.append(ImageRef(scene, tuple(sample_offsets(scene, rng))))
+        scenes = [split_scene(rng, "train") for _ in range(cfg.vision_batch)]  # held-out pairs stay unseen
+        refs = [ImageRef(scene, tuple(sample_offsets(scene, rng))) for scene in scenes]
         pixels = torch.stack([proc.preprocess(render(r.scene, IMAGE_SIZE, offsets=r.offsets)) for r in refs])
         labels = {k: v.to(cfg.device) for k, v in SceneReader.labels(refs, IMAGE_SIZE, grid).items()}
         for group in opt.param_groups:  # cosine from lr to min_lr over the phase

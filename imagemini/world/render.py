@@ -78,8 +78,8 @@ def render_array(
         raise ValueError("need one offset per object")
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     canvas[...] = PALETTE[scene.background]
-    for obj, (dx, dy) in zip(scene.objects, offsets):
-        canvas[_object_mask(obj, dx, dy, size)] = PALETTE[obj.color]
+    for obj, mask in zip(scene.objects, object_masks(scene, size, offsets)):
+        canvas[mask] = PALETTE[obj.color]
     return canvas
 
 

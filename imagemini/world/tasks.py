@@ -307,6 +307,12 @@ def _object_mention(obj: SceneObject) -> str:
     return f"the {obj.color} {obj.shape} at the {obj.position}"
 
 
+def split_scene(rng: random.Random, split: str = "train") -> Scene:
+    """A scene of `split` as the tasks draw them: train scenes never hold a held-out shape/colour
+    pair, held-out scenes always hold one (used by training beyond the chats, e.g. the vision warm-up)."""
+    return _Builder(rng, split).scene()
+
+
 # --- The builder: one rng, one split, the per-example phrasing flag -----------------------
 
 
