@@ -158,7 +158,8 @@ class SceneReader(nn.Module):
 def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: float, cfg: TrainConfig,
                 rng: random.Random) -> float:
     """Vision warm-up: the understanding encoder, its aligner and the scene reader alone, on
-    freshly rendered train-split scenes, for `seconds`. Returns the seconds spent.
+    freshly rendered train-split scenes, for `seconds`. Returns the seconds spent. `rng` is its
+    own: how many steps fit in the time must not shift the whole-model stage's data.
 
     Why: inside the whole-model batches only a handful of images per step reach the reader, and
     the encoder learnt form (shape) at a crawl; alone, it sees ~15x more images per second.
@@ -456,7 +457,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         code_map = synonym_map(model.model.vqmodel.eval())
         print(f"drawing targets: {int((code_map == torch.arange(len(code_map))).sum())} of {len(code_map)} codes")
     if cfg.vision_minutes * 60 > vision_seconds:
-        vision_seconds += read_scenes(model, reader, proc, cfg.vision_minutes * 60 - vision_seconds, cfg, rng)
+        vision_rng = random.Random(f"{cfg.seed}/vision/{vision_seconds}")
+        vision_seconds += read_scenes(model, reader, proc, cfg.vision_minutes * 60 - vision_seconds, cfg, vision_rng)
         _save_state(out, model, opt, step, elapsed_before, rng, reader, vision_seconds)
     batcher = Batcher(model, proc, rng, code_map)
     budget = cfg.minutes * 60
