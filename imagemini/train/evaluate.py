@@ -96,6 +96,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         [p for p, _ in prompts], [thinking if think else plain for _, _, think in jobs], [e for _, e in prompts]
     )
     correct: dict[str, list[bool]] = defaultdict(list)
+    wording: dict[str, list[bool]] = defaultdict(list)  # held-out scenes asked in trained vs new words
     for (group, ex, think), r in zip(jobs, results):
         got = r["text"].strip()
         if ex.task == "describe_json":
@@ -107,6 +108,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
             ok = got == str(ex.answer).strip()
         key = f"{group}_thinking" if think else group
         correct[key].append(ok)
+        wording[f"{key}@{'new' if ex.heldout_phrasing else 'train'}_wording"].append(ok)
         correct[f"task:{ex.task}{'+think' if think else ''}"].append(ok)
     for key, oks in correct.items():
         report["scores"][key] = round(sum(oks) / len(oks), 4)
@@ -138,6 +140,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         scores = _scene_scores(ex.answer, scene)
         group = "draw" if ex.task == "draw" else "edit"
         checks[f"{group}_exact"].append(scores["exact"])
+        wording[f"{group}_exact@{'new' if ex.heldout_phrasing else 'train'}_wording"].append(scores["exact"])
         if group == "draw":
             k = len(ex.answer.objects)
             if k == 1:
@@ -150,6 +153,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
             checks["position"].append(scores["positions"])
     for key, oks in checks.items():
         report["scores"][key] = round(sum(oks) / len(oks), 4) if oks else None
+    report["by_wording"] = {key: round(sum(oks) / len(oks), 4) for key, oks in sorted(wording.items())}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if grid:
