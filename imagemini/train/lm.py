@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -40,7 +41,7 @@ from imagemini.models.processor import ImageProcessorConfig, Processor
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
 from imagemini.world.render import object_masks
-from imagemini.world.scene import BACKGROUNDS, COLORS, SHAPES, SIZES, sample_offsets
+from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
 from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
 from . import tokenizer as tokenizer_stage
@@ -73,6 +74,7 @@ class TrainConfig:
     tokenizer_examples: int = 20_000  # chats the BPE is trained on
     vision_minutes: float = 0.0  # scene-reading warm-up of the vision encoder alone (cumulative, see read_scenes)
     vision_batch: int = 32
+    unnamed_colour_rate: float = 0.5  # warm-up images whose objects wear colours outside the palette
 
     def tasks(self) -> dict[str, float] | None:
         if not self.text_only:
@@ -155,6 +157,28 @@ class SceneReader(nn.Module):
         return (loss + F.cross_entropy(self.background(features.mean(1)), labels["background"])) / 4
 
 
+UNNAMED_MIN_DISTANCE = 100.0  # RGB distance an unnamed colour keeps from every palette colour
+
+
+def unnamed_colour(rng: random.Random) -> tuple[int, int, int]:
+    """A random colour far from every palette colour: no object of the world could wear it, so
+    painting a shape in it never shows a held-out shape/colour pair."""
+    palette = np.array(list(PALETTE.values()), dtype=np.float64)
+    while True:
+        rgb = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float64)
+        if np.sqrt(((palette - rgb) ** 2).sum(1)).min() >= UNNAMED_MIN_DISTANCE:
+            return tuple(int(v) for v in rgb)
+
+
+def paint_unnamed(ref: ImageRef, size: int, rng: random.Random) -> Image.Image:
+    """The scene's layout and background with each object in its own unnamed colour."""
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[...] = PALETTE[ref.scene.background]
+    for mask in object_masks(ref.scene, size, ref.offsets):
+        canvas[mask] = unnamed_colour(rng)
+    return Image.fromarray(canvas)
+
+
 def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: float, cfg: TrainConfig,
                 rng: random.Random) -> float:
     """Vision warm-up: the understanding encoder, its aligner and the scene reader alone, on
@@ -163,6 +187,10 @@ def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: flo
 
     Why: inside the whole-model batches only a handful of images per step reach the reader, and
     the encoder learnt form (shape) at a crawl; alone, it sees ~15x more images per second.
+    Half of its images paint the objects in unnamed colours (:func:`paint_unnamed`): trained on
+    the palette alone, the encoder read the shape of 93% of objects in seen shape/colour pairs
+    but 31% in held-out ones (a purple circle read as the shapes purple comes in); shape must
+    not be told by colour.
     """
     grid = model.cfg.vq.num_patches
     params = [*model.model.vision_model.parameters(), *model.model.aligner.parameters(), *reader.parameters()]
@@ -173,8 +201,14 @@ def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: flo
     while (spent := time.monotonic() - start) < seconds:
         scenes = [split_scene(rng, "train") for _ in range(cfg.vision_batch)]  # held-out pairs stay unseen
         refs = [ImageRef(scene, tuple(sample_offsets(scene, rng))) for scene in scenes]
-        pixels = torch.stack([proc.preprocess(render(r.scene, IMAGE_SIZE, offsets=r.offsets)) for r in refs])
-        labels = {k: v.to(cfg.device) for k, v in SceneReader.labels(refs, IMAGE_SIZE, grid).items()}
+        unnamed = [rng.random() < cfg.unnamed_colour_rate for _ in refs]
+        images = [paint_unnamed(r, IMAGE_SIZE, rng) if u else render(r.scene, IMAGE_SIZE, offsets=r.offsets)
+                  for r, u in zip(refs, unnamed)]
+        pixels = torch.stack([proc.preprocess(image) for image in images])
+        labels = SceneReader.labels(refs, IMAGE_SIZE, grid)
+        unnamed_patches = torch.tensor(unnamed)[:, None] & (labels["color"] > 0)
+        labels["color"][unnamed_patches] = -100  # an unnamed colour has no class: no colour loss there
+        labels = {k: v.to(cfg.device) for k, v in labels.items()}
         for group in opt.param_groups:  # cosine from lr to min_lr over the phase
             group["lr"] = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * spent / seconds))
         with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):

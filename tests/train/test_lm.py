@@ -99,3 +99,25 @@ def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
     assert any(k.startswith("model.vision_model.") for k in changed)
     assert any(k.startswith("model.aligner.") for k in changed)
     assert all(k.startswith(("model.vision_model.", "model.aligner.")) for k in changed)
+
+
+def test_unnamed_colours_keep_the_layout_and_stay_far_from_every_palette_colour():
+    import random
+
+    import numpy as np
+
+    from imagemini.world import render
+    from imagemini.world.scene import PALETTE, sample_offsets
+    from imagemini.world.tasks import ImageRef, split_scene
+
+    rng = random.Random(5)
+    palette = np.array(list(PALETTE.values()))
+    for _ in range(30):
+        scene = split_scene(rng)
+        ref = ImageRef(scene, tuple(sample_offsets(scene, rng)))
+        named = np.asarray(render(scene, 64, offsets=ref.offsets)).astype(int)
+        unnamed = np.asarray(lm.paint_unnamed(ref, 64, rng)).astype(int)
+        background = (named == PALETTE[scene.background]).all(-1)
+        assert (unnamed[background] == PALETTE[scene.background]).all()
+        objects = unnamed[~background]
+        assert len(objects) and np.sqrt(((objects[:, None] - palette[None]) ** 2).sum(-1)).min() >= lm.UNNAMED_MIN_DISTANCE
