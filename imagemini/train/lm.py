@@ -75,6 +75,7 @@ class TrainConfig:
     vision_minutes: float = 0.0  # scene-reading warm-up of the vision encoder alone (cumulative, see read_scenes)
     vision_batch: int = 32
     unnamed_colour_rate: float = 0.5  # warm-up images whose objects wear colours outside the palette
+    unnamed_per_step: int = 4  # unnamed-colour images read beside each whole-model batch
 
     def tasks(self) -> dict[str, float] | None:
         if not self.text_only:
@@ -179,6 +180,22 @@ def paint_unnamed(ref: ImageRef, size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def reading_batch(proc: Processor, rng: random.Random, n: int, grid: int, unnamed_rate: float,
+                  device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`n` freshly rendered train-split scenes (held-out pairs stay unseen), each painted in
+    unnamed colours with probability `unnamed_rate`, and their scene-reading labels."""
+    scenes = [split_scene(rng, "train") for _ in range(n)]
+    refs = [ImageRef(scene, tuple(sample_offsets(scene, rng))) for scene in scenes]
+    unnamed = [rng.random() < unnamed_rate for _ in refs]
+    images = [paint_unnamed(r, IMAGE_SIZE, rng) if u else render(r.scene, IMAGE_SIZE, offsets=r.offsets)
+              for r, u in zip(refs, unnamed)]
+    pixels = torch.stack([proc.preprocess(image) for image in images])
+    labels = SceneReader.labels(refs, IMAGE_SIZE, grid)
+    unnamed_patches = torch.tensor(unnamed)[:, None] & (labels["color"] > 0)
+    labels["color"][unnamed_patches] = -100  # an unnamed colour has no class: no colour loss there
+    return pixels.to(device), {k: v.to(device) for k, v in labels.items()}
+
+
 def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: float, cfg: TrainConfig,
                 rng: random.Random) -> float:
     """Vision warm-up: the understanding encoder, its aligner and the scene reader alone, on
@@ -199,20 +216,11 @@ def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: flo
     bar = tqdm(total=int(seconds), unit="s", desc="read scenes", dynamic_ncols=True)
     step = 0
     while (spent := time.monotonic() - start) < seconds:
-        scenes = [split_scene(rng, "train") for _ in range(cfg.vision_batch)]  # held-out pairs stay unseen
-        refs = [ImageRef(scene, tuple(sample_offsets(scene, rng))) for scene in scenes]
-        unnamed = [rng.random() < cfg.unnamed_colour_rate for _ in refs]
-        images = [paint_unnamed(r, IMAGE_SIZE, rng) if u else render(r.scene, IMAGE_SIZE, offsets=r.offsets)
-                  for r, u in zip(refs, unnamed)]
-        pixels = torch.stack([proc.preprocess(image) for image in images])
-        labels = SceneReader.labels(refs, IMAGE_SIZE, grid)
-        unnamed_patches = torch.tensor(unnamed)[:, None] & (labels["color"] > 0)
-        labels["color"][unnamed_patches] = -100  # an unnamed colour has no class: no colour loss there
-        labels = {k: v.to(cfg.device) for k, v in labels.items()}
+        pixels, labels = reading_batch(proc, rng, cfg.vision_batch, grid, cfg.unnamed_colour_rate, cfg.device)
         for group in opt.param_groups:  # cosine from lr to min_lr over the phase
             group["lr"] = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * spent / seconds))
         with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
-            loss = reader.loss(model.encode_images(pixels.to(cfg.device)), labels)
+            loss = reader.loss(model.encode_images(pixels), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -513,6 +521,12 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
             group["lr"] = lr_at(step, est_total, cfg)
         with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
             loss, parts = loss_fn(model, batcher(samples), reader)
+            if cfg.unnamed_per_step:  # keep shape reading colour-blind (see read_scenes)
+                pixels, labels = reading_batch(proc, random.Random(f"{cfg.seed}/unnamed/{step}"), cfg.unnamed_per_step,
+                                               model.cfg.vq.num_patches, 1.0, cfg.device)
+                unnamed = reader.loss(model.encode_images(pixels), labels)
+                loss = loss + AUX_WEIGHT * unnamed
+                parts["unnamed"] = unnamed.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params + list(reader.parameters()), 1.0)

@@ -39,6 +39,7 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     first = losses(out)
     assert len(first) == 30
     assert any("scene" in row for row in first)  # the scene reader saw user images
+    assert all(row["unnamed"] > 0 for row in first)  # and unnamed-colour scenes beside every batch
     early = sum(r["loss"] for r in first[:5]) / 5
     late = sum(r["loss"] for r in first[-5:]) / 5
     assert late < 0.8 * early
