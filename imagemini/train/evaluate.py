@@ -50,6 +50,10 @@ def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -
     return ids, embeds
 
 
+def _wording(example: Example) -> str:
+    return "new_wording" if example.heldout_phrasing else "train_wording"
+
+
 def _scene_scores(truth: Scene, got: Scene | None) -> dict[str, bool]:
     """GenEval-style checks of one drawing against its truth."""
     if got is None:
@@ -108,7 +112,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
             ok = got == str(ex.answer).strip()
         key = f"{group}_thinking" if think else group
         correct[key].append(ok)
-        wording[f"{key}@{'new' if ex.heldout_phrasing else 'train'}_wording"].append(ok)
+        wording[f"{key}@{_wording(ex)}"].append(ok)
         correct[f"task:{ex.task}{'+think' if think else ''}"].append(ok)
     for key, oks in correct.items():
         report["scores"][key] = round(sum(oks) / len(oks), 4)
@@ -140,7 +144,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         scores = _scene_scores(ex.answer, scene)
         group = "draw" if ex.task == "draw" else "edit"
         checks[f"{group}_exact"].append(scores["exact"])
-        wording[f"{group}_exact@{'new' if ex.heldout_phrasing else 'train'}_wording"].append(scores["exact"])
+        wording[f"{group}_exact@{_wording(ex)}"].append(scores["exact"])
         if group == "draw":
             k = len(ex.answer.objects)
             if k == 1:

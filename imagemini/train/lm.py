@@ -40,7 +40,7 @@ from imagemini.models.janus import Janus
 from imagemini.models.processor import ImageProcessorConfig, Processor
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
-from imagemini.world.render import object_masks
+from imagemini.world.render import object_masks, render_array
 from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
 from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
@@ -161,20 +161,21 @@ class SceneReader(nn.Module):
 UNNAMED_MIN_DISTANCE = 100.0  # RGB distance an unnamed colour keeps from every palette colour
 
 
+_PALETTE_RGB = np.array(list(PALETTE.values()), dtype=np.float64)
+
+
 def unnamed_colour(rng: random.Random) -> tuple[int, int, int]:
     """A random colour far from every palette colour: no object of the world could wear it, so
     painting a shape in it never shows a held-out shape/colour pair."""
-    palette = np.array(list(PALETTE.values()), dtype=np.float64)
     while True:
         rgb = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float64)
-        if np.sqrt(((palette - rgb) ** 2).sum(1)).min() >= UNNAMED_MIN_DISTANCE:
+        if np.sqrt(((_PALETTE_RGB - rgb) ** 2).sum(1)).min() >= UNNAMED_MIN_DISTANCE:
             return tuple(int(v) for v in rgb)
 
 
 def paint_unnamed(ref: ImageRef, size: int, rng: random.Random) -> Image.Image:
-    """The scene's layout and background with each object in its own unnamed colour."""
-    canvas = np.empty((size, size, 3), dtype=np.uint8)
-    canvas[...] = PALETTE[ref.scene.background]
+    """The scene as rendered, each object repainted in its own unnamed colour."""
+    canvas = render_array(ref.scene, size, offsets=ref.offsets)
     for mask in object_masks(ref.scene, size, ref.offsets):
         canvas[mask] = unnamed_colour(rng)
     return Image.fromarray(canvas)
