@@ -5,14 +5,17 @@
 Held-out examples (scene combinations and phrasings never trained on, see world/tasks.py) run
 through our own engine, batched. Text answers are compared exactly with the truth; drawn and
 edited images are decoded by the checkpoint's VQ and read back by the scene parser (no model),
-then scored GenEval-style. Writes `report.json` and `samples.png` (a grid of drawings).
+then scored by GenEval's rules with shape as the object class (`_geneval_checks`; their mean is
+`geneval_overall`) and, stricter, as whole scenes (`report["strict"]`, `draw_exact`, `edit_exact`).
+Writes `report.json`, `answers.jsonl` (every example: question, truth, output, correct) and
+`samples.png` (a grid of drawings).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,8 @@ TEXT_TASKS = {
     "smalltalk": ("smalltalk_greet", "smalltalk_capabilities", "smalltalk_decline"),
 }
 IMAGE_TASKS = ("draw", "edit_recolor", "edit_remove", "edit_add", "edit_move")
+#: GenEval's six scores; their mean is its overall score.
+GENEVAL = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
 
 
 def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -> tuple[list[int], torch.Tensor | None]:
@@ -54,8 +59,37 @@ def _wording(example: Example) -> str:
     return "new_wording" if example.heldout_phrasing else "train_wording"
 
 
-def _scene_scores(truth: Scene, got: Scene | None) -> dict[str, bool]:
-    """GenEval-style checks of one drawing against its truth."""
+def _answer(example: Example, thinking: bool, got: str, ok: bool) -> dict:
+    truth = example.answer.describe() if isinstance(example.answer, Scene) else example.answer
+    question = " ".join(p for p in example.turns[-2].parts if isinstance(p, str))
+    images = [p.scene.describe() for t in example.turns[:-1] for p in t.parts if isinstance(p, ImageRef)]
+    return {"task": example.task, "thinking": thinking, "wording": _wording(example), "images": images,
+            "question": question, "truth": truth, "output": got, "correct": ok}
+
+
+def _geneval_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
+    """GenEval's rules (Ghosh et al. 2023, `evaluate_images.py`) with shape as the object class:
+    a requested object counts as drawn when one of its shape is there; colour and position are
+    checked on objects of the requested shape; counting also fails on one object too many."""
+    if got is None:
+        return dict.fromkeys(("present", "counting", "colours", "position"), False)
+
+    def drawn(*attrs: str) -> bool:
+        # every requested object's attributes, as often as requested, among the drawn objects'
+        key = lambda o: tuple(getattr(o, a) for a in attrs)  # noqa: E731
+        return not Counter(map(key, truth.objects)) - Counter(map(key, got.objects))
+
+    asked = Counter(o.shape for o in truth.objects)
+    return {
+        "present": drawn("shape"),
+        "counting": Counter(o.shape for o in got.objects if o.shape in asked) == asked,
+        "colours": drawn("shape", "color"),
+        "position": drawn("shape", "position"),
+    }
+
+
+def _strict_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
+    """Whole-scene checks (the figures reported before GenEval's rules, kept for comparison)."""
     if got is None:
         return {"exact": False, "count": False, "colors": False, "positions": False, "attribution": False}
     t_objs, g_objs = truth.objects, got.objects
@@ -100,6 +134,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         [p for p, _ in prompts], [thinking if think else plain for _, _, think in jobs], [e for _, e in prompts]
     )
     correct: dict[str, list[bool]] = defaultdict(list)
+    answers: list[dict] = []  # every example's question, truth and output: answers.jsonl
     wording: dict[str, list[bool]] = defaultdict(list)  # held-out scenes asked in trained vs new words
     for (group, ex, think), r in zip(jobs, results):
         got = r["text"].strip()
@@ -111,6 +146,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         else:
             ok = got == str(ex.answer).strip()
         key = f"{group}_thinking" if think else group
+        answers.append(_answer(ex, think, got, ok))
         correct[key].append(ok)
         wording[f"{key}@{_wording(ex)}"].append(ok)
         correct[f"task:{ex.task}{'+think' if think else ''}"].append(ok)
@@ -130,6 +166,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         None if e is None else torch.cat([e, engine.model.embed_tokens(torch.tensor(space_boi)).to(e.dtype)]) for _, e in prompts
     ])
     checks: dict[str, list[bool]] = defaultdict(list)
+    strict: dict[str, list[bool]] = defaultdict(list)
     grid = []
     for ex, r in zip(image_jobs, results):
         scene = None
@@ -141,25 +178,39 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
                 scene = parse_image(pixels)
             except SceneParseError:
                 scene = None
-        scores = _scene_scores(ex.answer, scene)
+        exact = scene == ex.answer
         group = "draw" if ex.task == "draw" else "edit"
-        checks[f"{group}_exact"].append(scores["exact"])
-        wording[f"{group}_exact@{_wording(ex)}"].append(scores["exact"])
-        if group == "draw":
-            k = len(ex.answer.objects)
-            if k == 1:
-                checks["single_object"].append(scores["exact"])
-            if k == 2:
-                checks["two_objects"].append(scores["exact"])
-                checks["colour_attribution"].append(scores["attribution"])
-            checks["counting"].append(scores["count"])
-            checks["colours"].append(scores["colors"])
-            checks["position"].append(scores["positions"])
-    for key, oks in checks.items():
-        report["scores"][key] = round(sum(oks) / len(oks), 4) if oks else None
+        checks[f"{group}_exact"].append(exact)
+        wording[f"{group}_exact@{_wording(ex)}"].append(exact)
+        answers.append(_answer(ex, False, scene.describe() if scene else "(no scene read)", exact))
+        if group != "draw":
+            continue
+        k = len(ex.answer.objects)
+        geneval, whole = _geneval_checks(ex.answer, scene), _strict_checks(ex.answer, scene)
+        if k == 1:
+            checks["single_object"].append(geneval["present"])
+            checks["colours"].append(geneval["colours"])
+            strict["single_object"].append(whole["exact"])
+        if k == 2:
+            checks["two_objects"].append(geneval["present"])
+            checks["colour_attribution"].append(geneval["colours"])
+            strict["two_objects"].append(whole["exact"])
+            strict["colour_attribution"].append(whole["attribution"])
+        checks["counting"].append(geneval["counting"])
+        checks["position"].append(geneval["position"])
+        strict["counting"].append(whole["count"])
+        strict["colours"].append(whole["colors"])
+        strict["position"].append(whole["positions"])
+    for key in ("draw_exact", "edit_exact", *GENEVAL):
+        oks = checks[key]
+        report["scores"][key] = round(sum(oks) / len(oks), 4) if oks else None  # None: no such example drawn
+    parts = [report["scores"].get(k) for k in GENEVAL]
+    report["scores"]["geneval_overall"] = round(sum(parts) / len(parts), 4) if None not in parts else None
+    report["strict"] = {key: round(sum(oks) / len(oks), 4) for key, oks in strict.items()}
     report["by_wording"] = {key: round(sum(oks) / len(oks), 4) for key, oks in sorted(wording.items())}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
     if grid:
         side = grid[0].shape[0]
         cols = 8

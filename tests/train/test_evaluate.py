@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from imagemini.train.evaluate import TEXT_TASKS, evaluate
+from imagemini.train.evaluate import IMAGE_TASKS, TEXT_TASKS, evaluate
 
 
 def test_eval_reports_every_score_and_writes_the_grid(tiny_checkpoint, tmp_path):
@@ -14,11 +14,40 @@ def test_eval_reports_every_score_and_writes_the_grid(tiny_checkpoint, tmp_path)
     for group in TEXT_TASKS:
         assert 0.0 <= scores[group] <= 1.0
     assert 0.0 <= scores["reasoning_thinking"] <= 1.0
-    for key in ("draw_exact", "edit_exact", "counting", "colours", "position"):  # single_object etc. need n > 1
-        assert key in scores
+    for key in ("draw_exact", "edit_exact", "counting", "position"):
+        assert 0.0 <= scores[key] <= 1.0
+    for key in ("single_object", "two_objects", "colours", "colour_attribution", "geneval_overall"):
+        assert key in scores  # None when n=1 drew no scene with that many objects
     wording = report["by_wording"]  # each score split by the user's wording: trained or held out
     for group in [*TEXT_TASKS, "draw_exact", "edit_exact"]:
         split = [wording[k] for k in (f"{group}@train_wording", f"{group}@new_wording") if k in wording]
         assert split and all(0.0 <= v <= 1.0 for v in split)
+    assert set(report["strict"]) >= {"counting", "colours", "position"}
     assert json.loads((tmp_path / "report.json").read_text()) == report
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert {a["task"] for a in answers} == {t for group in TEXT_TASKS.values() for t in group} | set(IMAGE_TASKS)
+    assert sum(a["correct"] for a in answers if a["task"] == "describe") == round(scores["caption"] * 1)
     assert (tmp_path / "samples.png").stat().st_size > 0
+
+
+def test_geneval_rules_judge_each_attribute_on_objects_of_the_asked_shape():
+    from imagemini.train.evaluate import _geneval_checks
+    from imagemini.world import Scene, SceneObject
+
+    purple_circle = Scene("white", (SceneObject("circle", "purple", "large", "top left"),))
+    red_circle_elsewhere = Scene("white", (SceneObject("circle", "red", "small", "center"),))
+    assert _geneval_checks(purple_circle, red_circle_elsewhere) == {
+        "present": True, "counting": True, "colours": False, "position": False}
+    purple_square = Scene("white", (SceneObject("square", "purple", "large", "top left"),))
+    assert _geneval_checks(purple_circle, purple_square) == dict.fromkeys(("present", "counting", "colours", "position"), False)
+    two_circles = Scene("white", (*purple_circle.objects, SceneObject("circle", "blue", "small", "center")))
+    assert _geneval_checks(purple_circle, two_circles) == {
+        "present": True, "counting": False, "colours": True, "position": True}  # one circle too many
+    with_a_square = Scene("white", (*purple_circle.objects, SceneObject("square", "blue", "small", "center")))
+    assert all(_geneval_checks(purple_circle, with_a_square).values())  # other shapes are not counted
+    assert not any(_geneval_checks(purple_circle, None).values())
+
+    asked = Scene("white", (SceneObject("circle", "red", "large", "top left"), SceneObject("square", "blue", "small", "center")))
+    swapped = Scene("white", (SceneObject("circle", "blue", "large", "top left"), SceneObject("square", "red", "small", "center")))
+    checks = _geneval_checks(asked, swapped)
+    assert checks["present"] and checks["position"] and not checks["colours"]  # colour attribution fails
