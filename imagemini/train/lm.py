@@ -10,6 +10,9 @@ text, builds a fresh Janus network around the frozen VQ-VAE and trains everythin
   (vq.synonym_map);
 - scene reading (SceneReader, training only): every understanding feature of a patch that
   shows an object must tell its shape, colour and size; their mean the background;
+- shape naming (`name_shapes_example`, training only): a few chats per batch ask for the shapes
+  of a scene painted in unnamed colours, so the language model names shapes from the picture
+  and not from their colour;
 - classifier-free-guidance dropout: 10% of drawing/editing chats lose their whole condition
   (every token but BOS and begin-of-image becomes pad), exactly the unconditional row the
   engine builds at inference, so guidance works.
@@ -42,7 +45,7 @@ from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
 from imagemini.world.render import object_masks, render_array
 from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
-from imagemini.world.tasks import Example, ImageRef, generate, prompt_and_completion, render_text, split_scene, task_mixture
+from imagemini.world.tasks import Example, ImageRef, Turn, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
 from . import tokenizer as tokenizer_stage
 
@@ -76,6 +79,7 @@ class TrainConfig:
     vision_batch: int = 32
     unnamed_colour_rate: float = 0.5  # warm-up images whose objects wear colours outside the palette
     unnamed_per_step: int = 4  # unnamed-colour images read beside each whole-model batch
+    name_shapes_per_64: int = 4  # name_shapes_example chats added to every 64 task chats
 
     def tasks(self) -> dict[str, float] | None:
         if not self.text_only:
@@ -197,6 +201,42 @@ def reading_batch(proc: Processor, rng: random.Random, n: int, grid: int, unname
     return pixels.to(device), {k: v.to(device) for k, v in labels.items()}
 
 
+@dataclass(frozen=True)
+class UnnamedImageRef(ImageRef):
+    """An image whose objects wear unnamed colours: ``paint_unnamed(ref, size, Random(seed))``."""
+
+    seed: int = 0
+
+
+def render_ref(ref: ImageRef, size: int = IMAGE_SIZE) -> Image.Image:
+    if isinstance(ref, UnnamedImageRef):
+        return paint_unnamed(ref, size, random.Random(ref.seed))
+    return render(ref.scene, size, offsets=ref.offsets)
+
+
+NAME_SHAPES = ("Name the shapes in this picture.", "Which shapes are in this image?", "What shapes do you see here?",
+               "List the shapes in the picture.", "Tell me the shapes in this image.")
+
+
+def name_shapes_example(rng: random.Random) -> Example:
+    """A chat that asks for the shapes of a train-split scene painted in unnamed colours; the
+    answer lists size, shape and position only ("A large circle at the top left and a small
+    square at the center.").
+
+    Why: the scene reader's loss made the encoder's features tell shape apart from colour, but
+    the language model still named shapes through colour (held-out captions turned a purple
+    circle into a purple triangle: no purple circle was ever written). Here the shape word can
+    only come from the picture."""
+    scene = split_scene(rng, "train")
+    ref = UnnamedImageRef(scene, tuple(sample_offsets(scene, rng)), rng.randrange(2**31))
+    phrases = [f"a {o.size} {o.shape} at the {o.position}" for o in scene.objects]
+    body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    answer = body[0].upper() + body[1:] + "."
+    question = rng.choice(NAME_SHAPES)
+    user = (ref, question) if rng.random() < 0.5 else (question, ref)
+    return Example("name_shapes", (Turn("user", user), Turn("assistant", (answer,))), False, answer, "train")
+
+
 def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: float, cfg: TrainConfig,
                 rng: random.Random) -> float:
     """Vision warm-up: the understanding encoder, its aligner and the scene reader alone, on
@@ -284,8 +324,7 @@ class Batcher:
         self.code_map = code_map  # drawing targets: each code -> its group's representative (vq.synonym_map)
 
     def _pixels(self, refs: list[ImageRef]) -> torch.Tensor:
-        images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
-        return torch.stack([self.proc.preprocess(im) for im in images])
+        return torch.stack([self.proc.preprocess(render_ref(r)) for r in refs])
 
     @torch.no_grad()
     def _codes(self, refs: list[ImageRef]) -> torch.Tensor:
@@ -326,6 +365,9 @@ class Batcher:
         pixels = self._pixels(user_refs) if user_refs else None
         grid = self.model.cfg.vq.num_patches
         scenes = SceneReader.labels(user_refs, IMAGE_SIZE, grid) if user_refs else None
+        if scenes is not None:  # an unnamed colour has no class: no colour loss there
+            unnamed = torch.tensor([isinstance(r, UnnamedImageRef) for r in user_refs])
+            scenes["color"][unnamed[:, None] & (scenes["color"] > 0)] = -100
         batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": pixels}
         batch = {k: None if v is None else v.to(self.device) for k, v in batch.items()}
         batch["scenes"] = None if scenes is None else {k: v.to(self.device) for k, v in scenes.items()}
@@ -444,7 +486,8 @@ def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches:
     while True:
         pool: list[Sample] = []
         while sum(len(s.ids) for s in pool) < pool_batches * cfg.batch_tokens:
-            pool += [s for s in (build_sample(e, proc) for e in generate(rng, 64, tasks=cfg.tasks())) if s is not None]
+            chats = generate(rng, 64, tasks=cfg.tasks()) + [name_shapes_example(rng) for _ in range(cfg.name_shapes_per_64)]
+            pool += [s for s in (build_sample(e, proc) for e in chats) if s is not None]
         pool.sort(key=lambda s: len(s.ids))
         groups, current = [], []
         for sample in pool:

@@ -257,7 +257,10 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("What can you do?", "What are you able to do?", "Who are you?", "What can you help me with?",
          "Tell me about yourself.", "How can you help me?", "What kind of pictures can you make?",
          "What do you do?", "What can I ask you?", "What are you for?", "Introduce yourself.",
-         "What is this assistant able to do?", "Which tasks can you handle?"),
+         "What is this assistant able to do?", "Which tasks can you handle?", "What are your abilities?",
+         "Tell me what you can do.", "What are your capabilities?", "What sort of things can you do?",
+         "What do you know how to do?", "Describe your abilities.", "What jobs can you do for me?",
+         "What are you capable of?"),
         ("What are your skills?", "Explain what you are good at."),
     ),
     "smalltalk_decline": (

@@ -4,6 +4,7 @@ from its state, the scene reader trains beside it, and the export loads as a che
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,32 @@ def test_unnamed_colours_keep_the_layout_and_stay_far_from_every_palette_colour(
         assert (unnamed[background] == PALETTE[scene.background]).all()
         objects = unnamed[~background]
         assert len(objects) and np.sqrt(((objects[:, None] - palette[None]) ** 2).sum(-1)).min() >= lm.UNNAMED_MIN_DISTANCE
+
+
+def test_shape_naming_chats_show_unnamed_colours_and_answer_without_colour_words():
+    import random
+
+    import numpy as np
+
+    from imagemini.models.processor import Processor
+    from imagemini.world import render
+    from imagemini.world.scene import COLORS, PALETTE
+
+    rng = random.Random(3)
+    palette = np.array(list(PALETTE.values()))
+    examples = [lm.name_shapes_example(rng) for _ in range(20)]
+    for ex in examples:
+        ref = next(p for p in ex.turns[0].parts if isinstance(p, lm.UnnamedImageRef))
+        assert ex.split == "train" and not any(w in ex.answer.lower().split() for w in COLORS)
+        assert all(f"{o.size} {o.shape} at the {o.position}" in ex.answer for o in ref.scene.objects)
+        pixels = np.asarray(lm.render_ref(ref)).astype(int)
+        assert (pixels == np.asarray(lm.render_ref(ref))).all()  # the seed fixes the colours
+        objects = pixels[(pixels != np.asarray(render(ref.scene, 64, offsets=ref.offsets))).any(-1)]
+        assert len(objects) and np.sqrt(((objects[:, None] - palette[None]) ** 2).sum(-1)).min() >= lm.UNNAMED_MIN_DISTANCE
+
+    # In a training batch their colour labels are ignored; shape labels stay.
+    bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
+    batcher = lm.Batcher(load_janus(bundled, torch.float32), Processor.from_dir(bundled), random.Random(0))
+    samples = [s for s in (lm.build_sample(e, batcher.proc) for e in examples[:4]) if s is not None]
+    scenes = batcher(samples)["scenes"]
+    assert (scenes["shape"] > 0).any() and not (scenes["color"] > 0).any()
