@@ -328,7 +328,7 @@ class Batcher:
 
     @torch.no_grad()
     def _codes(self, refs: list[ImageRef]) -> torch.Tensor:
-        images = [render(r.scene, IMAGE_SIZE, offsets=r.offsets) for r in refs]
+        images = [render_ref(r) for r in refs]
         pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images])
         pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1.0
         codes = self.model.model.vqmodel.encode(pixels.to(self.device))
