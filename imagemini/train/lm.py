@@ -44,7 +44,7 @@ from imagemini.models.processor import ImageProcessorConfig, Processor
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
 from imagemini.world.render import object_masks, render_array
-from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
+from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, join_phrases, sample_offsets
 from imagemini.world.tasks import Example, ImageRef, Turn, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
 from . import tokenizer as tokenizer_stage
@@ -185,6 +185,13 @@ def paint_unnamed(ref: ImageRef, size: int, rng: random.Random) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def forget_unnamed_colours(labels: dict[str, torch.Tensor], unnamed: list[bool]) -> dict[str, torch.Tensor]:
+    """Scene-reading labels with no colour target on the objects of unnamed-colour images (an
+    unnamed colour has no class)."""
+    labels["color"][torch.tensor(unnamed, dtype=torch.bool)[:, None] & (labels["color"] > 0)] = -100
+    return labels
+
+
 def reading_batch(proc: Processor, rng: random.Random, n: int, grid: int, unnamed_rate: float,
                   device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`n` freshly rendered train-split scenes (held-out pairs stay unseen), each painted in
@@ -195,9 +202,7 @@ def reading_batch(proc: Processor, rng: random.Random, n: int, grid: int, unname
     images = [paint_unnamed(r, IMAGE_SIZE, rng) if u else render(r.scene, IMAGE_SIZE, offsets=r.offsets)
               for r, u in zip(refs, unnamed)]
     pixels = torch.stack([proc.preprocess(image) for image in images])
-    labels = SceneReader.labels(refs, IMAGE_SIZE, grid)
-    unnamed_patches = torch.tensor(unnamed)[:, None] & (labels["color"] > 0)
-    labels["color"][unnamed_patches] = -100  # an unnamed colour has no class: no colour loss there
+    labels = forget_unnamed_colours(SceneReader.labels(refs, IMAGE_SIZE, grid), unnamed)
     return pixels.to(device), {k: v.to(device) for k, v in labels.items()}
 
 
@@ -229,8 +234,7 @@ def name_shapes_example(rng: random.Random) -> Example:
     only come from the picture."""
     scene = split_scene(rng, "train")
     ref = UnnamedImageRef(scene, tuple(sample_offsets(scene, rng)), rng.randrange(2**31))
-    phrases = [f"a {o.size} {o.shape} at the {o.position}" for o in scene.objects]
-    body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    body = join_phrases([f"a {o.size} {o.shape} at the {o.position}" for o in scene.objects])
     answer = body[0].upper() + body[1:] + "."
     question = rng.choice(NAME_SHAPES)
     user = (ref, question) if rng.random() < 0.5 else (question, ref)
@@ -365,9 +369,8 @@ class Batcher:
         pixels = self._pixels(user_refs) if user_refs else None
         grid = self.model.cfg.vq.num_patches
         scenes = SceneReader.labels(user_refs, IMAGE_SIZE, grid) if user_refs else None
-        if scenes is not None:  # an unnamed colour has no class: no colour loss there
-            unnamed = torch.tensor([isinstance(r, UnnamedImageRef) for r in user_refs])
-            scenes["color"][unnamed[:, None] & (scenes["color"] > 0)] = -100
+        if scenes is not None:
+            scenes = forget_unnamed_colours(scenes, [isinstance(r, UnnamedImageRef) for r in user_refs])
         batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": pixels}
         batch = {k: None if v is None else v.to(self.device) for k, v in batch.items()}
         batch["scenes"] = None if scenes is None else {k: v.to(self.device) for k, v in scenes.items()}

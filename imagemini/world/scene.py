@@ -112,6 +112,11 @@ _POSITION_INDEX = {name: i for i, name in enumerate(POSITIONS)}
 # --- Data model --------------------------------------------------------------
 
 
+def join_phrases(phrases: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c': how descriptions list objects."""
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
 @dataclass(frozen=True)
 class SceneObject:
     """One solid shape. All fields are spec names (validated on construction)."""
@@ -190,12 +195,7 @@ class Scene:
 
     def describe(self) -> str:
         """The one canonical English description (grammar in the module docstring)."""
-        phrases = [o.phrase() for o in self.objects]
-        if len(phrases) == 1:
-            body = phrases[0]
-        else:
-            body = ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        text = f"{body} on {_article(self.background)} {self.background} background."
+        text = f"{join_phrases([o.phrase() for o in self.objects])} on {_article(self.background)} {self.background} background."
         return text[0].upper() + text[1:]
 
     # -- JSON ---------------------------------------------------------------
