@@ -80,6 +80,8 @@ class TrainConfig:
     unnamed_colour_rate: float = 0.5  # warm-up images whose objects wear colours outside the palette
     unnamed_per_step: int = 4  # unnamed-colour images read beside each whole-model batch
     name_shapes_per_64: int = 4  # name_shapes_example chats added to every 64 task chats
+    data_workers: int = 0  # processes making batches (a GPU needs several; 0: made here, resumes exactly)
+    save_minutes: float = 5.0  # last.pt this often
 
     def tasks(self) -> dict[str, float] | None:
         if not self.text_only:
@@ -317,64 +319,73 @@ def build_sample(example: Example, proc: Processor) -> Sample | None:
     )
 
 
-class Batcher:
-    """Renders images, VQ-encodes drawn targets and packs samples into padded tensors."""
+class Collator:
+    """Packs samples into padded CPU tensors: the images rendered, each drawn image's code
+    positions left at -1 (the VQ runs on the training device: `on_device`). Needs no model, so
+    it can run in the data workers."""
 
-    def __init__(self, model: Janus, proc: Processor, rng: random.Random, code_map: torch.Tensor | None = None) -> None:
-        self.model, self.proc, self.rng = model, proc, rng
-        self.device = next(model.parameters()).device
-        self.vocab = model.cfg.text.vocab_size
-        self.n_codes = model.cfg.vq.num_patches**2
-        self.code_map = code_map  # drawing targets: each code -> its group's representative (vq.synonym_map)
-
-    def _pixels(self, refs: list[ImageRef]) -> torch.Tensor:
-        return torch.stack([self.proc.preprocess(render_ref(r)) for r in refs])
-
-    @torch.no_grad()
-    def _codes(self, refs: list[ImageRef]) -> torch.Tensor:
-        images = [render_ref(r) for r in refs]
-        pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images])
-        pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1.0
-        codes = self.model.model.vqmodel.encode(pixels.to(self.device))
-        return (codes if self.code_map is None else self.code_map[codes]).cpu()
+    def __init__(self, proc: Processor, rng: random.Random, grid: int, unnamed_per_step: int = 0) -> None:
+        self.proc, self.rng, self.grid = proc, rng, grid
+        self.unnamed_per_step = unnamed_per_step
 
     def __call__(self, samples: list[Sample]) -> dict:
         s = self.proc.tokenizer.special
-        drawn = [r for smp in samples for r in smp.drawn_images]
-        codes = self._codes(drawn) if drawn else None
         width = max(len(smp.ids) for smp in samples)
         ids = torch.full((len(samples), width), s.pad, dtype=torch.long)
         mask = torch.zeros(len(samples), width, dtype=torch.bool)
         loss_mask = torch.zeros(len(samples), width, dtype=torch.bool)
         user_refs: list[ImageRef] = []
-        k = 0
         for b, smp in enumerate(samples):
-            row = list(smp.ids)
-            for i, t in enumerate(row):
-                if t == -1:
-                    start = i
-                    while i < len(row) and row[i] == -1:
-                        i += 1
-                    row[start:i] = (codes[k] + self.vocab).tolist()
-                    k += 1
+            row = smp.ids
             if smp.drawn_images and self.rng.random() < UNCOND_RATE:
                 boi = row.index(s.boi, smp.loss_from - 1)
                 row = [t if (t in (s.bos, s.boi) or j >= boi) else s.pad for j, t in enumerate(row)]
-                loss_mask[b, boi + 1 : boi + 1 + self.n_codes] = True  # only the image is learnt here
+                loss_mask[b, boi + 1 : boi + 1 + self.grid**2] = True  # only the image is learnt here
             else:
                 user_refs += smp.user_images
                 loss_mask[b, smp.loss_from : len(row)] = True
             ids[b, : len(row)] = torch.tensor(row)
             mask[b, : len(row)] = True
-        pixels = self._pixels(user_refs) if user_refs else None
-        grid = self.model.cfg.vq.num_patches
-        scenes = SceneReader.labels(user_refs, IMAGE_SIZE, grid) if user_refs else None
-        if scenes is not None:
-            scenes = forget_unnamed_colours(scenes, [isinstance(r, UnnamedImageRef) for r in user_refs])
-        batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": pixels}
-        batch = {k: None if v is None else v.to(self.device) for k, v in batch.items()}
-        batch["scenes"] = None if scenes is None else {k: v.to(self.device) for k, v in scenes.items()}
+        drawn = [r for smp in samples for r in smp.drawn_images]
+        batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": None, "scenes": None,
+                 "drawn": torch.stack([vq_pixels(render_ref(r)) for r in drawn]) if drawn else None}
+        if user_refs:
+            batch["pixels"] = torch.stack([self.proc.preprocess(render_ref(r)) for r in user_refs])
+            scenes = SceneReader.labels(user_refs, IMAGE_SIZE, self.grid)
+            batch["scenes"] = forget_unnamed_colours(scenes, [isinstance(r, UnnamedImageRef) for r in user_refs])
+        if self.unnamed_per_step:  # read beside the batch: keeps shape reading colour-blind (see read_scenes)
+            batch["unnamed"] = reading_batch(self.proc, self.rng, self.unnamed_per_step, self.grid, 1.0, "cpu")
         return batch
+
+
+def _to_device(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_to_device(v, device) for v in x)
+    return x
+
+
+def vq_pixels(image: Image.Image) -> torch.Tensor:
+    """[3, S, S] in [-1, 1]: what the VQ encoder reads."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def on_device(batch: dict, model: Janus, code_map: torch.Tensor | None) -> dict:
+    """Moves a collated batch to the model's device and writes each drawn image's codes (the
+    frozen VQ's encoding, in float32 outside autocast, synonyms merged) into its -1 positions."""
+    moved = _to_device(batch, next(model.parameters()).device)
+    if moved["drawn"] is not None:
+        with torch.autocast(moved["drawn"].device.type, enabled=False):
+            codes = model.model.vqmodel.encode(moved["drawn"])
+        if code_map is not None:
+            codes = code_map[codes]
+        ids = moved["ids"]
+        ids[ids == -1] = (codes + model.cfg.text.vocab_size).flatten()  # row-major: samples, then images in order
+    return moved
 
 
 def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tuple[torch.Tensor, dict]:
@@ -397,7 +408,10 @@ def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tup
     targets, wanted = ids[:, 1:], loss_mask[:, 1:] & mask[:, 1:]
     text_rows = wanted & (targets < vocab)
     code_rows = wanted & (targets >= vocab)
-    text_loss = F.cross_entropy(model.text_logits(hidden[text_rows]).float(), targets[text_rows])
+    text_loss = (  # a batch of unconditional drawings alone has no text target (the mean of nothing is NaN)
+        F.cross_entropy(model.text_logits(hidden[text_rows]).float(), targets[text_rows])
+        if text_rows.any() else hidden.new_zeros(())
+    )
     code_loss = (
         F.cross_entropy(model.image_logits(hidden[code_rows]).float(), targets[code_rows] - vocab)
         if code_rows.any() else hidden.new_zeros(())
@@ -503,6 +517,56 @@ def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches:
         yield from groups
 
 
+def batch_stream(init: Path, rng: random.Random, cfg: TrainConfig, grid: int, tag: str):
+    """Collated CPU batches, endlessly. With `cfg.data_workers` they are made in that many
+    spawned processes (the GPU outruns one core's rendering), each with its own data seed drawn
+    from `tag`; without, here from `rng`, so a CPU run resumes its data exactly."""
+    if not cfg.data_workers:
+        proc = Processor.from_dir(init)
+        collate = Collator(proc, rng, grid, cfg.unnamed_per_step)
+        for samples in batches(proc, rng, cfg):
+            yield collate(samples)
+        return
+    import multiprocessing
+    import queue as queue_errors
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
+    queue = ctx.Queue(maxsize=4 * cfg.data_workers)
+    workers = [ctx.Process(target=_data_worker, args=(init, cfg, grid, f"{tag}/{i}", queue), daemon=True)
+               for i in range(cfg.data_workers)]
+    for worker in workers:
+        worker.start()
+    try:
+        while True:
+            try:
+                yield _map_arrays(torch.from_numpy, queue.get(timeout=30))
+            except queue_errors.Empty:
+                if not all(w.is_alive() for w in workers):
+                    raise RuntimeError("a data worker died (its traceback is above)") from None
+    finally:
+        for worker in workers:
+            worker.terminate()
+
+
+def _data_worker(init: Path, cfg: TrainConfig, grid: int, seed: str, queue) -> None:
+    torch.set_num_threads(1)
+    rng = random.Random(seed)
+    proc = Processor.from_dir(init)
+    collate = Collator(proc, rng, grid, cfg.unnamed_per_step)
+    for samples in batches(proc, rng, cfg):
+        queue.put(_map_arrays(lambda t: t.numpy(), collate(samples)))  # plain pickles: no shared-memory handles
+
+
+def _map_arrays(fn, x):
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map_arrays(fn, v) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_map_arrays(fn, v) for v in x)
+    return x
+
+
 def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -516,11 +580,13 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
+    fused = torch.device(cfg.device).type == "cuda"
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None,
     )
-    step, elapsed_before, vision_seconds = 0, 0.0, 0.0
+    step, elapsed_before, vision_seconds, phase_step = 0, 0.0, 0.0, 0
+    seconds_on = {}  # training seconds per device type, for the model card
     rng = random.Random(cfg.seed + 1)
     reader = SceneReader(model.cfg.text.hidden_size).to(cfg.device)
     state = torch.load(out / "last.pt", weights_only=False, map_location="cpu") if (out / "last.pt").exists() else None
@@ -531,46 +597,56 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         model.load_state_dict(state["model"])
         if "reader" in state:
             reader.load_state_dict(state["reader"])
+        if "reader" in state and "opt" in state:
             opt.load_state_dict(state["opt"])
+            phase_step = state.get("phase_step", 0)
         step, elapsed_before = state["step"], state["elapsed"]
+        if "opt" not in state:  # weights alone (a state carried to a GPU): a new phase, warm-up again
+            phase_step = step
         vision_seconds = state.get("vision_seconds", 0.0)
+        seconds_on = state.get("seconds_on", {"cpu": elapsed_before})
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
     elif cfg.init_from is not None:
         warm_start(model, cfg.init_from)
+    for group in opt.param_groups:
+        group["fused"], group["foreach"] = fused or None, None  # a state saved on another device type
     code_map = None
     if not cfg.text_only:
         from .vq import synonym_map
 
         load_trained_vq(model, init, vq_dir)
-        code_map = synonym_map(model.model.vqmodel.eval())
-        print(f"drawing targets: {int((code_map == torch.arange(len(code_map))).sum())} of {len(code_map)} codes")
+        code_map = synonym_map(model.model.vqmodel.eval()).to(cfg.device)
+        print(f"drawing targets: {int((code_map.cpu() == torch.arange(len(code_map))).sum())} of {len(code_map)} codes")
     if cfg.vision_minutes * 60 > vision_seconds:
         vision_rng = random.Random(f"{cfg.seed}/vision/{vision_seconds}")
         vision_seconds += read_scenes(model, reader, proc, cfg.vision_minutes * 60 - vision_seconds, cfg, vision_rng)
-        _save_state(out, model, opt, step, elapsed_before, rng, reader, vision_seconds)
-    batcher = Batcher(model, proc, rng, code_map)
+        _save_state(out, model, opt, step, elapsed_before, rng, reader, vision_seconds, phase_step, seconds_on)
+    device_type = torch.device(cfg.device).type
+    seconds_here = seconds_on.get(device_type, 0.0)
     budget = cfg.minutes * 60
     start = time.monotonic()
-    est_total = max(step + 1, int(budget / 1.0))  # refined as we go
+    est_total = step + max(1, int(budget - elapsed_before))  # refined once this run's rate is known
     bar = tqdm(total=int(budget), unit="s", desc="lm", dynamic_ncols=True)
     bar.update(int(elapsed_before))
     log = open(out / "log.jsonl", "a")
     last_save = time.monotonic()
-    for samples in batches(proc, rng, cfg):
-        elapsed = elapsed_before + time.monotonic() - start
+    first_step = step
+    stream = batch_stream(init, rng, cfg, model.cfg.vq.num_patches, f"{cfg.seed}/data/{step}")
+    for cpu_batch in stream:
+        ran = time.monotonic() - start
+        elapsed = elapsed_before + ran
         if elapsed >= budget or (cfg.max_steps is not None and step >= cfg.max_steps):
             break
-        rate = step / elapsed if elapsed > 60 else None
-        if rate:
-            est_total = int(rate * budget)
+        if step - first_step >= 20:  # this run's own rate: a resumed run may sit on another device
+            est_total = step + int((step - first_step) / ran * (budget - elapsed))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, est_total, cfg)
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
-            loss, parts = loss_fn(model, batcher(samples), reader)
-            if cfg.unnamed_per_step:  # keep shape reading colour-blind (see read_scenes)
-                pixels, labels = reading_batch(proc, random.Random(f"{cfg.seed}/unnamed/{step}"), cfg.unnamed_per_step,
-                                               model.cfg.vq.num_patches, 1.0, cfg.device)
+            group["lr"] = lr_at(step - phase_step, est_total - phase_step, cfg)
+        batch = on_device(cpu_batch, model, code_map)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            loss, parts = loss_fn(model, batch, reader)
+            if batch.get("unnamed") is not None:
+                pixels, labels = batch["unnamed"]
                 unnamed = reader.loss(model.encode_images(pixels), labels)
                 loss = loss + AUX_WEIGHT * unnamed
                 parts["unnamed"] = unnamed.item()
@@ -582,23 +658,29 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         bar.n = int(elapsed)
         bar.set_postfix(step=step, loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
         bar.refresh()
-        log.write(json.dumps({"step": step, "elapsed": round(elapsed, 1), "loss": loss.item(), **parts}) + "\n")
+        log.write(json.dumps({"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"],
+                              "loss": loss.item(), **parts}) + "\n")
         log.flush()
-        if time.monotonic() - last_save > 300:
-            _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds)
+        if time.monotonic() - last_save > cfg.save_minutes * 60:
+            seconds_on[device_type] = seconds_here + time.monotonic() - start
+            _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
             last_save = time.monotonic()
+    stream.close()
     elapsed = elapsed_before + time.monotonic() - start
-    _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds)
+    seconds_on[device_type] = seconds_here + time.monotonic() - start
+    _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
     bar.close()
-    return export(model, init, out / "checkpoint", {"steps": step, "train_minutes": round(elapsed / 60, 1)})
+    minutes_on = {k: round(v / 60, 1) for k, v in seconds_on.items()}
+    return export(model, init, out / "checkpoint",
+                  {"steps": step, "train_minutes": round(elapsed / 60, 1), "minutes_by_device": minutes_on})
 
 
 def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: random.Random, reader: SceneReader,
-                vision_seconds: float) -> None:
+                vision_seconds: float, phase_step: int = 0, seconds_on: dict | None = None) -> None:
     tmp = out / "last.pt.tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "reader": reader.state_dict(),
-                "vision_seconds": vision_seconds}, tmp)
+                "vision_seconds": vision_seconds, "phase_step": phase_step, "seconds_on": seconds_on or {}}, tmp)
     tmp.replace(out / "last.pt")
 
 
@@ -629,12 +711,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="torch device to train on (cuda on a lent GPU)")
     parser.add_argument("--init-from", type=Path, help="continue from a checkpoint (e.g. imagemini/models/bundled)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate of this phase")
+    parser.add_argument("--min-lr", type=float, default=TrainConfig.min_lr)
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
+    parser.add_argument("--data-workers", type=int, default=0, help="processes making batches (use several on a GPU)")
+    parser.add_argument("--save-minutes", type=float, default=TrainConfig.save_minutes, help="save last.pt this often")
     parser.add_argument("--vision-minutes", type=float, default=TrainConfig.vision_minutes,
                         help="scene-reading warm-up of the vision encoder alone, before the whole model (cumulative)")
     args = parser.parse_args()
     cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed,
                       text_only=args.text_only, threads=args.threads, init_from=args.init_from,
-                      vision_minutes=args.vision_minutes, device=args.device)
+                      vision_minutes=args.vision_minutes, device=args.device, lr=args.lr, min_lr=args.min_lr,
+                      warmup_steps=args.warmup_steps, data_workers=args.data_workers, save_minutes=args.save_minutes)
     print(train(args.out, args.vq, cfg))
 
 

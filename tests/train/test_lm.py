@@ -148,7 +148,56 @@ def test_shape_naming_chats_show_unnamed_colours_and_answer_without_colour_words
 
     # In a training batch their colour labels are ignored; shape labels stay.
     bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
-    batcher = lm.Batcher(load_janus(bundled, torch.float32), Processor.from_dir(bundled), random.Random(0))
-    samples = [s for s in (lm.build_sample(e, batcher.proc) for e in examples[:4]) if s is not None]
-    scenes = batcher(samples)["scenes"]
+    proc = Processor.from_dir(bundled)
+    collate = lm.Collator(proc, random.Random(0), grid=16)
+    samples = [s for s in (lm.build_sample(e, proc) for e in examples[:4]) if s is not None]
+    scenes = collate(samples)["scenes"]
     assert (scenes["shape"] > 0).any() and not (scenes["color"] > 0).any()
+
+
+def test_a_state_without_optimizer_starts_a_new_warmed_up_phase_made_by_data_workers(toy, tmp_path):
+    """How a run moves to a lent GPU: the state travels without its optimizer (the carry limit),
+    the optimizer starts afresh with its own warm-up, and spawned workers make the batches."""
+    import dataclasses
+
+    out = tmp_path / "lm"
+    cfg = lm.TrainConfig(minutes=10, batch_tokens=2000, lr=3e-3, warmup_steps=5, vocab_size=600,
+                         tokenizer_examples=2000, max_steps=6, threads=1)
+    lm.train(out, toy, cfg)
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert losses(out)[-1]["lr"] == pytest.approx(3e-3)  # past its warm-up
+    del state["opt"]
+    torch.save(state, out / "last.pt")
+
+    lm.train(out, toy, dataclasses.replace(cfg, max_steps=9, data_workers=2))
+    rows = losses(out)[6:]
+    assert [r["step"] for r in rows] == [7, 8, 9]
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3 / 5, 2 * 3e-3 / 5, 3 * 3e-3 / 5])
+    resumed = torch.load(out / "last.pt", weights_only=False)
+    assert resumed["phase_step"] == 6 and "opt" in resumed and set(resumed["seconds_on"]) == {"cpu"}
+
+
+def test_drawn_images_get_their_own_codes_in_order():
+    """Collator leaves -1 where a drawn image's codes go; on_device fills each run with the VQ
+    codes of that sample's image, in order (nothing shifted between samples or images)."""
+    import random
+
+    from imagemini.models.processor import Processor
+    from imagemini.world.tasks import generate
+
+    bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
+    model, proc = load_janus(bundled, torch.float32), Processor.from_dir(bundled)
+    examples = generate(random.Random(5), 12, tasks={"draw": 1.0, "edit_move": 1.0})
+    samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
+    batch = lm.Collator(proc, random.Random(0), grid=16)(samples)
+    assert int((batch["ids"] == -1).sum()) == 256 * sum(len(s.drawn_images) for s in samples) > 0
+    ids = lm.on_device(batch, model, None)["ids"]
+    assert not (ids == -1).any()
+    vocab = model.cfg.text.vocab_size
+    # One encode of every image, as on_device does (GEMM results depend on the batch size).
+    drawn = [r for s in samples for r in s.drawn_images]
+    encoded = iter(model.model.vqmodel.encode(torch.stack([lm.vq_pixels(lm.render_ref(r)) for r in drawn])))
+    for row, sample in zip(ids, samples):
+        want = [next(encoded) for _ in sample.drawn_images]
+        assert torch.equal(row[row >= vocab] - vocab, torch.cat(want))
+    assert len({tuple(c.tolist()) for c in model.model.vqmodel.encode(batch["drawn"])}) == len(drawn)  # all differ
