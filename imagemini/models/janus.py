@@ -22,13 +22,13 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import JanusConfig
-from .layers import AlignerMLP, Linear, activation
+from .layers import AlignerMLP, DirectCall, Linear, activation
 from .llama import Attend, LlamaModel, padded_causal_attend
 from .vision import VisionModel
 from .vq import VQModel
 
 
-class GenerationHead(nn.Module):
+class GenerationHead(DirectCall, nn.Module):
     def __init__(self, hidden: int, projection: int, num_codes: int, act: str) -> None:
         super().__init__()
         self.proj_out = Linear(hidden, projection)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TextConfig
-from .layers import Linear, RMSNorm, activation, fuse_linears
+from .layers import DirectCall, Linear, RMSNorm, activation, fuse_linears
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,7 +39,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
-class Attention(nn.Module):
+class Attention(DirectCall, nn.Module):
     def __init__(self, cfg: TextConfig, layer_index: int) -> None:
         super().__init__()
         self.layer_index = layer_index
@@ -72,7 +72,7 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
 
 
-class MLP(nn.Module):
+class MLP(DirectCall, nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
@@ -92,7 +92,7 @@ class MLP(nn.Module):
         return self.down_proj(self.act(gate) * up)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(DirectCall, nn.Module):
     def __init__(self, cfg: TextConfig, layer_index: int) -> None:
         super().__init__()
         self.self_attn = Attention(cfg, layer_index)
@@ -105,7 +105,7 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(DirectCall, nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.cfg = cfg
