@@ -358,16 +358,6 @@ class Collator:
         return batch
 
 
-def _to_device(x, device: torch.device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, tuple):
-        return tuple(_to_device(v, device) for v in x)
-    return x
-
-
 def vq_pixels(image: Image.Image) -> torch.Tensor:
     """[3, S, S] in [-1, 1]: what the VQ encoder reads."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
@@ -377,7 +367,8 @@ def vq_pixels(image: Image.Image) -> torch.Tensor:
 def on_device(batch: dict, model: Janus, code_map: torch.Tensor | None) -> dict:
     """Moves a collated batch to the model's device and writes each drawn image's codes (the
     frozen VQ's encoding, in float32 outside autocast, synonyms merged) into its -1 positions."""
-    moved = _to_device(batch, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    moved = _map_arrays(lambda t: t.to(device, non_blocking=True), batch)
     if moved["drawn"] is not None:
         with torch.autocast(moved["drawn"].device.type, enabled=False):
             codes = model.model.vqmodel.encode(moved["drawn"])
@@ -558,12 +549,13 @@ def _data_worker(init: Path, cfg: TrainConfig, grid: int, seed: str, queue) -> N
 
 
 def _map_arrays(fn, x):
+    """`fn` on every tensor or array in nested dicts, lists and tuples."""
     if isinstance(x, (torch.Tensor, np.ndarray)):
         return fn(x)
     if isinstance(x, dict):
         return {k: _map_arrays(fn, v) for k, v in x.items()}
-    if isinstance(x, tuple):
-        return tuple(_map_arrays(fn, v) for v in x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map_arrays(fn, v) for v in x)
     return x
 
 
@@ -678,8 +670,9 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
 def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: random.Random, reader: SceneReader,
                 vision_seconds: float, phase_step: int = 0, seconds_on: dict | None = None) -> None:
     tmp = out / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "reader": reader.state_dict(),
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "reader": reader.state_dict()}
+    state = _map_arrays(lambda t: t.detach().cpu(), state)  # a state saved on a GPU loads anywhere
+    torch.save({**state, "step": step, "elapsed": elapsed, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
                 "vision_seconds": vision_seconds, "phase_step": phase_step, "seconds_on": seconds_on or {}}, tmp)
     tmp.replace(out / "last.pt")
 
