@@ -48,6 +48,7 @@ from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, j
 from imagemini.world.tasks import Example, ImageRef, Turn, generate, prompt_and_completion, render_text, split_scene, task_mixture
 
 from . import tokenizer as tokenizer_stage
+from .vq import to_pixels
 
 IMAGE_SIZE = 64
 TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
@@ -348,7 +349,7 @@ class Collator:
             mask[b, : len(row)] = True
         drawn = [r for smp in samples for r in smp.drawn_images]
         batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": None, "scenes": None,
-                 "drawn": torch.stack([vq_pixels(render_ref(r)) for r in drawn]) if drawn else None}
+                 "drawn": to_pixels(np.stack([np.asarray(render_ref(r)) for r in drawn])) if drawn else None}
         if user_refs:
             batch["pixels"] = torch.stack([self.proc.preprocess(render_ref(r)) for r in user_refs])
             scenes = SceneReader.labels(user_refs, IMAGE_SIZE, self.grid)
@@ -356,11 +357,6 @@ class Collator:
         if self.unnamed_per_step:  # read beside the batch: keeps shape reading colour-blind (see read_scenes)
             batch["unnamed"] = reading_batch(self.proc, self.rng, self.unnamed_per_step, self.grid, 1.0, "cpu")
         return batch
-
-
-def vq_pixels(image: Image.Image) -> torch.Tensor:
-    """[3, S, S] in [-1, 1]: what the VQ encoder reads."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
 @torch.no_grad()
@@ -508,12 +504,12 @@ def batches(proc: Processor, rng: random.Random, cfg: TrainConfig, pool_batches:
         yield from groups
 
 
-def batch_stream(init: Path, rng: random.Random, cfg: TrainConfig, grid: int, tag: str):
+def batch_stream(proc: Processor, init: Path, rng: random.Random, cfg: TrainConfig, grid: int, tag: str):
     """Collated CPU batches, endlessly. With `cfg.data_workers` they are made in that many
-    spawned processes (the GPU outruns one core's rendering), each with its own data seed drawn
-    from `tag`; without, here from `rng`, so a CPU run resumes its data exactly."""
+    spawned processes (the GPU outruns one core's rendering; each loads `init`'s processor), each
+    with its own data seed drawn from `tag`; without, here from `rng`, so a CPU run resumes its
+    data exactly."""
     if not cfg.data_workers:
-        proc = Processor.from_dir(init)
         collate = Collator(proc, rng, grid, cfg.unnamed_per_step)
         for samples in batches(proc, rng, cfg):
             yield collate(samples)
@@ -582,19 +578,18 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     rng = random.Random(cfg.seed + 1)
     reader = SceneReader(model.cfg.text.hidden_size).to(cfg.device)
     state = torch.load(out / "last.pt", weights_only=False, map_location="cpu") if (out / "last.pt").exists() else None
-    if state is not None and "reader" not in state:
+    with_opt = state is not None and "opt" in state  # without: weights alone (carried to a GPU)
+    if with_opt and "reader" not in state:
         opt.load_state_dict(state["opt"])  # a run from before the scene reader: no group for it yet
     opt.add_param_group({"params": list(reader.parameters()), "weight_decay": 0.0})
     if state is not None:
         model.load_state_dict(state["model"])
         if "reader" in state:
             reader.load_state_dict(state["reader"])
-        if "reader" in state and "opt" in state:
-            opt.load_state_dict(state["opt"])
-            phase_step = state.get("phase_step", 0)
+            if with_opt:
+                opt.load_state_dict(state["opt"])
         step, elapsed_before = state["step"], state["elapsed"]
-        if "opt" not in state:  # weights alone (a state carried to a GPU): a new phase, warm-up again
-            phase_step = step
+        phase_step = state.get("phase_step", 0) if with_opt else step  # a fresh optimizer warms up again
         vision_seconds = state.get("vision_seconds", 0.0)
         seconds_on = state.get("seconds_on", {"cpu": elapsed_before})
         rng.setstate(state["rng"])
@@ -624,7 +619,12 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     log = open(out / "log.jsonl", "a")
     last_save = time.monotonic()
     first_step = step
-    stream = batch_stream(init, rng, cfg, model.cfg.vq.num_patches, f"{cfg.seed}/data/{step}")
+
+    def save(elapsed: float) -> None:
+        seconds_on[device_type] = seconds_here + time.monotonic() - start
+        _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
+
+    stream = batch_stream(proc, init, rng, cfg, model.cfg.vq.num_patches, f"{cfg.seed}/data/{step}")
     for cpu_batch in stream:
         ran = time.monotonic() - start
         elapsed = elapsed_before + ran
@@ -654,13 +654,11 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
                               "loss": loss.item(), **parts}) + "\n")
         log.flush()
         if time.monotonic() - last_save > cfg.save_minutes * 60:
-            seconds_on[device_type] = seconds_here + time.monotonic() - start
-            _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
+            save(elapsed)
             last_save = time.monotonic()
     stream.close()
     elapsed = elapsed_before + time.monotonic() - start
-    seconds_on[device_type] = seconds_here + time.monotonic() - start
-    _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
+    save(elapsed)
     bar.close()
     minutes_on = {k: round(v / 60, 1) for k, v in seconds_on.items()}
     return export(model, init, out / "checkpoint",

@@ -195,7 +195,8 @@ class Scene:
 
     def describe(self) -> str:
         """The one canonical English description (grammar in the module docstring)."""
-        text = f"{join_phrases([o.phrase() for o in self.objects])} on {_article(self.background)} {self.background} background."
+        body = join_phrases([o.phrase() for o in self.objects])
+        text = f"{body} on {_article(self.background)} {self.background} background."
         return text[0].upper() + text[1:]
 
     # -- JSON ---------------------------------------------------------------

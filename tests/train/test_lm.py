@@ -182,6 +182,8 @@ def test_drawn_images_get_their_own_codes_in_order():
     codes of that sample's image, in order (nothing shifted between samples or images)."""
     import random
 
+    import numpy as np
+
     from imagemini.models.processor import Processor
     from imagemini.world.tasks import generate
 
@@ -196,7 +198,8 @@ def test_drawn_images_get_their_own_codes_in_order():
     vocab = model.cfg.text.vocab_size
     # One encode of every image, as on_device does (GEMM results depend on the batch size).
     drawn = [r for s in samples for r in s.drawn_images]
-    encoded = iter(model.model.vqmodel.encode(torch.stack([lm.vq_pixels(lm.render_ref(r)) for r in drawn])))
+    pixels = vq_stage.to_pixels(np.stack([np.asarray(lm.render_ref(r)) for r in drawn]))
+    encoded = iter(model.model.vqmodel.encode(pixels))
     for row, sample in zip(ids, samples):
         want = [next(encoded) for _ in sample.drawn_images]
         assert torch.equal(row[row >= vocab] - vocab, torch.cat(want))
