@@ -108,10 +108,16 @@ class Processor:
             canvas = Image.new("RGB", (side, side), background)
             canvas.paste(image, ((side - new[0]) // 2, (side - new[1]) // 2))
             image = canvas
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return self.normalize(torch.from_numpy(np.array(image, dtype=np.uint8))[None])[0]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, S, S, 3] pictures already at the model's size -> float [n, 3, S, S], rescaled
+        and normalised, on the pictures' device (training ships pictures as uint8: 4x fewer bytes)."""
+        c = self.image_cfg
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0
         if c.do_normalize:
-            mean = torch.tensor(c.image_mean)[:, None, None]
-            std = torch.tensor(c.image_std)[:, None, None]
+            mean = torch.tensor(c.image_mean, device=images.device)[:, None, None]
+            std = torch.tensor(c.image_std, device=images.device)[:, None, None]
             pixels = (pixels - mean) / std
         return pixels
 

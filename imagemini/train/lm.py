@@ -195,18 +195,17 @@ def forget_unnamed_colours(labels: dict[str, torch.Tensor], unnamed: list[bool])
     return labels
 
 
-def reading_batch(proc: Processor, rng: random.Random, n: int, grid: int, unnamed_rate: float,
-                  device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def reading_batch(rng: random.Random, n: int, grid: int, unnamed_rate: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`n` freshly rendered train-split scenes (held-out pairs stay unseen), each painted in
-    unnamed colours with probability `unnamed_rate`, and their scene-reading labels."""
+    unnamed colours with probability `unnamed_rate`: uint8 pictures [n, S, S, 3] and their
+    scene-reading labels."""
     scenes = [split_scene(rng, "train") for _ in range(n)]
     refs = [ImageRef(scene, tuple(sample_offsets(scene, rng))) for scene in scenes]
     unnamed = [rng.random() < unnamed_rate for _ in refs]
     images = [paint_unnamed(r, IMAGE_SIZE, rng) if u else render(r.scene, IMAGE_SIZE, offsets=r.offsets)
               for r, u in zip(refs, unnamed)]
-    pixels = torch.stack([proc.preprocess(image) for image in images])
     labels = forget_unnamed_colours(SceneReader.labels(refs, IMAGE_SIZE, grid), unnamed)
-    return pixels.to(device), {k: v.to(device) for k, v in labels.items()}
+    return torch.from_numpy(np.stack([np.asarray(image) for image in images])), labels
 
 
 @dataclass(frozen=True)
@@ -264,7 +263,8 @@ def read_scenes(model: Janus, reader: SceneReader, proc: Processor, seconds: flo
     bar = tqdm(total=int(seconds), unit="s", desc="read scenes", dynamic_ncols=True)
     step = 0
     while (spent := time.monotonic() - start) < seconds:
-        pixels, labels = reading_batch(proc, rng, cfg.vision_batch, grid, cfg.unnamed_colour_rate, cfg.device)
+        images, labels = reading_batch(rng, cfg.vision_batch, grid, cfg.unnamed_colour_rate)
+        pixels, labels = proc.normalize(images.to(cfg.device)), {k: v.to(cfg.device) for k, v in labels.items()}
         for group in opt.param_groups:  # cosine from lr to min_lr over the phase
             group["lr"] = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * spent / seconds))
         with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
@@ -321,9 +321,14 @@ def build_sample(example: Example, proc: Processor) -> Sample | None:
 
 
 class Collator:
-    """Packs samples into padded CPU tensors: the images rendered, each drawn image's code
-    positions left at -1 (the VQ runs on the training device: `on_device`). Needs no model, so
-    it can run in the data workers."""
+    """Packs samples into padded CPU tensors. Needs no model, so it can run in the data workers.
+
+    Pictures travel as uint8 (`Processor.normalize` and the VQ read them on the training device);
+    each drawn image's code positions are left at -1 for `on_device` to fill. Every position set
+    the loss needs (code inputs, image placeholders, text and code targets) is listed here as
+    flat indices: the host knows them, so the device never has to report back how many there are
+    (boolean masks would stop the GPU for that count several times a step).
+    """
 
     def __init__(self, proc: Processor, rng: random.Random, grid: int, unnamed_per_step: int = 0) -> None:
         self.proc, self.rng, self.grid = proc, rng, grid
@@ -347,68 +352,87 @@ class Collator:
                 loss_mask[b, smp.loss_from : len(row)] = True
             ids[b, : len(row)] = torch.tensor(row)
             mask[b, : len(row)] = True
+        wanted, next_is_code = loss_mask[:, 1:] & mask[:, 1:], ids[:, 1:] == -1
         drawn = [r for smp in samples for r in smp.drawn_images]
-        batch = {"ids": ids, "mask": mask, "loss_mask": loss_mask, "pixels": None, "scenes": None,
-                 "drawn": to_pixels(np.stack([np.asarray(render_ref(r)) for r in drawn])) if drawn else None}
+        batch = {
+            "ids": ids, "mask": mask,
+            "code_slots": _flat_positions(ids == -1),  # row-major: samples, then their images in order
+            "image_slots": _flat_positions(ids == self.proc.cfg.image_token_id),
+            "text_targets": _flat_positions(wanted & ~next_is_code),  # into the [B, W - 1] targets
+            "code_targets": _flat_positions(wanted & next_is_code),
+            "drawn": _uint8_pictures(drawn), "images": None, "scenes": None,
+        }
         if user_refs:
-            batch["pixels"] = torch.stack([self.proc.preprocess(render_ref(r)) for r in user_refs])
+            batch["images"] = _uint8_pictures(user_refs)
             scenes = SceneReader.labels(user_refs, IMAGE_SIZE, self.grid)
             batch["scenes"] = forget_unnamed_colours(scenes, [isinstance(r, UnnamedImageRef) for r in user_refs])
         if self.unnamed_per_step:  # read beside the batch: keeps shape reading colour-blind (see read_scenes)
-            batch["unnamed"] = reading_batch(self.proc, self.rng, self.unnamed_per_step, self.grid, 1.0, "cpu")
+            batch["unnamed"] = reading_batch(self.rng, self.unnamed_per_step, self.grid, 1.0)
         return batch
 
 
+def _flat_positions(where: torch.Tensor) -> torch.Tensor:
+    return where.flatten().nonzero().squeeze(1)
+
+
+def _uint8_pictures(refs: list[ImageRef]) -> torch.Tensor | None:
+    return torch.from_numpy(np.stack([np.asarray(render_ref(r)) for r in refs])) if refs else None
+
+
 @torch.no_grad()
-def on_device(batch: dict, model: Janus, code_map: torch.Tensor | None) -> dict:
-    """Moves a collated batch to the model's device and writes each drawn image's codes (the
-    frozen VQ's encoding, in float32 outside autocast, synonyms merged) into its -1 positions."""
+def on_device(batch: dict, model: Janus, proc: Processor, code_map: torch.Tensor | None) -> dict:
+    """Moves a collated batch to the model's device: user pictures normalised into `pixels`, and
+    each drawn image's codes (the frozen VQ's encoding, in float32 outside autocast, synonyms
+    merged) written into its -1 positions."""
     device = next(model.parameters()).device
-    moved = _map_arrays(lambda t: t.to(device, non_blocking=True), batch)
+    pinned = device.type == "cuda"  # a copy from pageable memory would wait for the GPU to finish its queue
+    moved = _map_arrays(lambda t: (t.pin_memory() if pinned else t).to(device, non_blocking=True), batch)
+    moved["pixels"] = proc.normalize(moved["images"]) if moved["images"] is not None else None
+    if moved.get("unnamed") is not None:
+        images, labels = moved["unnamed"]
+        moved["unnamed"] = (proc.normalize(images), labels)
     if moved["drawn"] is not None:
-        with torch.autocast(moved["drawn"].device.type, enabled=False):
-            codes = model.model.vqmodel.encode(moved["drawn"])
+        with torch.autocast(device.type, enabled=False):
+            codes = model.model.vqmodel.encode(to_pixels(moved["drawn"]))
         if code_map is not None:
             codes = code_map[codes]
-        ids = moved["ids"]
-        ids[ids == -1] = (codes + model.cfg.text.vocab_size).flatten()  # row-major: samples, then images in order
+        moved["ids"].view(-1)[moved["code_slots"]] = (codes + model.cfg.text.vocab_size).flatten()
     return moved
 
 
 def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tuple[torch.Tensor, dict]:
-    ids, mask, loss_mask = batch["ids"], batch["mask"], batch["loss_mask"]
-    aux = None
+    """Mean cross-entropy over the text and image-code targets (plus the scene reader's loss).
+    The parts come back as tensors: reading them is the caller's choice of when to wait."""
+    ids = batch["ids"]
     vocab = model.cfg.text.vocab_size
-    is_code = ids >= vocab
-    embeds = model.embed_tokens(ids.clamp(max=vocab - 1))
-    if is_code.any():
-        embeds = embeds.clone()
-        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab).to(embeds.dtype)
+    flat_ids = ids.flatten()
+    embeds = model.embed_tokens(flat_ids.clamp(max=vocab - 1))
+    code_slots = batch["code_slots"]
+    if code_slots.numel():
+        codes = model.embed_image_codes(flat_ids[code_slots] - vocab).to(embeds.dtype)
+        embeds = embeds.index_copy(0, code_slots, codes)
+    aux = None
     if batch["pixels"] is not None:
         encoded = model.encode_images(batch["pixels"])
         if reader is not None and batch.get("scenes") is not None:
             aux = reader.loss(encoded, batch["scenes"])
-        features = encoded.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-        placeholder = ids == model.cfg.image_token_id
-        embeds = embeds.masked_scatter(placeholder[..., None], features)
-    hidden = model.hidden_states(embeds, mask)[:, :-1]
-    targets, wanted = ids[:, 1:], loss_mask[:, 1:] & mask[:, 1:]
-    text_rows = wanted & (targets < vocab)
-    code_rows = wanted & (targets >= vocab)
-    text_loss = (  # a batch of unconditional drawings alone has no text target (the mean of nothing is NaN)
-        F.cross_entropy(model.text_logits(hidden[text_rows]).float(), targets[text_rows])
-        if text_rows.any() else hidden.new_zeros(())
-    )
-    code_loss = (
-        F.cross_entropy(model.image_logits(hidden[code_rows]).float(), targets[code_rows] - vocab)
-        if code_rows.any() else hidden.new_zeros(())
-    )
-    n_text, n_code = int(text_rows.sum()), int(code_rows.sum())
+        embeds = embeds.index_copy(0, batch["image_slots"], encoded.flatten(0, 1).to(embeds.dtype))
+    # No attention mask: the Collator pads on the right, where causal attention already keeps the
+    # padding out of every real token's view (and checking a mask would make the device report back).
+    hidden = model.hidden_states(embeds.view(*ids.shape, -1))[:, :-1].flatten(0, 1)
+    targets = ids[:, 1:].flatten()
+    text_at, code_at = batch["text_targets"], batch["code_targets"]
+    zero = hidden.new_zeros((), dtype=torch.float32)
+    # A batch of unconditional drawings alone has no text target (the mean of nothing is NaN).
+    text_loss = F.cross_entropy(model.text_logits(hidden[text_at]).float(), targets[text_at]) if text_at.numel() else zero
+    code_loss = (F.cross_entropy(model.image_logits(hidden[code_at]).float(), targets[code_at] - vocab)
+                 if code_at.numel() else zero)
+    n_text, n_code = text_at.numel(), code_at.numel()
     loss = (text_loss * n_text + code_loss * n_code) / max(n_text + n_code, 1)
-    parts = {"text": text_loss.item(), "image": code_loss.item()}
+    parts = {"text": text_loss.detach(), "image": code_loss.detach()}
     if aux is not None:
         loss = loss + AUX_WEIGHT * aux
-        parts["scene"] = aux.item()
+        parts["scene"] = aux.detach()
     return loss, parts
 
 
@@ -620,7 +644,24 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     last_save = time.monotonic()
     first_step = step
 
+    pending: dict | None = None  # the last step's log row, its losses still on the device
+
+    def report() -> None:
+        """Logs the pending row. Read one step late, so the host queues the next step before it
+        waits for these numbers (a GPU would otherwise idle at every step's end)."""
+        nonlocal pending
+        if pending is None:
+            return
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in pending.items()}
+        pending = None
+        bar.n = int(row["elapsed"])
+        bar.set_postfix(step=row["step"], **{k: f"{row[k]:.3f}" for k in row if k not in ("step", "elapsed", "lr")})
+        bar.refresh()
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
     def save(elapsed: float) -> None:
+        report()  # the log keeps up with the state
         seconds_on[device_type] = seconds_here + time.monotonic() - start
         _save_state(out, model, opt, step, elapsed, rng, reader, vision_seconds, phase_step, seconds_on)
 
@@ -634,25 +675,22 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
             est_total = step + int((step - first_step) / ran * (budget - elapsed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step - phase_step, est_total - phase_step, cfg)
-        batch = on_device(cpu_batch, model, code_map)
+        batch = on_device(cpu_batch, model, proc, code_map)
         with torch.autocast(device_type, dtype=torch.bfloat16):
             loss, parts = loss_fn(model, batch, reader)
             if batch.get("unnamed") is not None:
                 pixels, labels = batch["unnamed"]
                 unnamed = reader.loss(model.encode_images(pixels), labels)
                 loss = loss + AUX_WEIGHT * unnamed
-                parts["unnamed"] = unnamed.item()
+                parts["unnamed"] = unnamed.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params + list(reader.parameters()), 1.0)
         opt.step()
         step += 1
-        bar.n = int(elapsed)
-        bar.set_postfix(step=step, loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
-        bar.refresh()
-        log.write(json.dumps({"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"],
-                              "loss": loss.item(), **parts}) + "\n")
-        log.flush()
+        report()  # the step before this one: by now the device has finished it
+        pending = {"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"],
+                   "loss": loss.detach(), **parts}
         if time.monotonic() - last_save > cfg.save_minutes * 60:
             save(elapsed)
             last_save = time.monotonic()

@@ -108,9 +108,9 @@ RUNTIME_FIELDS = ("threads", "eval_minutes", "ckpt_minutes")
 # --- data ------------------------------------------------------------------------------
 
 
-def to_pixels(arrays: np.ndarray) -> torch.Tensor:
-    """uint8 [n, S, S, 3] -> float [n, 3, S, S] in [-1, 1]."""
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+def to_pixels(arrays: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [n, S, S, 3] -> float [n, 3, S, S] in [-1, 1] (on the tensor's device)."""
+    return torch.as_tensor(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -192,8 +192,8 @@ def test_drawn_images_get_their_own_codes_in_order():
     examples = generate(random.Random(5), 12, tasks={"draw": 1.0, "edit_move": 1.0})
     samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
     batch = lm.Collator(proc, random.Random(0), grid=16)(samples)
-    assert int((batch["ids"] == -1).sum()) == 256 * sum(len(s.drawn_images) for s in samples) > 0
-    ids = lm.on_device(batch, model, None)["ids"]
+    assert len(batch["code_slots"]) == int((batch["ids"] == -1).sum()) == 256 * sum(len(s.drawn_images) for s in samples) > 0
+    ids = lm.on_device(batch, model, proc, None)["ids"]
     assert not (ids == -1).any()
     vocab = model.cfg.text.vocab_size
     # One encode of every image, as on_device does (GEMM results depend on the batch size).
@@ -203,4 +203,52 @@ def test_drawn_images_get_their_own_codes_in_order():
     for row, sample in zip(ids, samples):
         want = [next(encoded) for _ in sample.drawn_images]
         assert torch.equal(row[row >= vocab] - vocab, torch.cat(want))
-    assert len({tuple(c.tolist()) for c in model.model.vqmodel.encode(batch["drawn"])}) == len(drawn)  # all differ
+    assert len({tuple(c.tolist()) for c in model.model.vqmodel.encode(pixels)}) == len(drawn)  # all differ
+
+
+@pytest.mark.parametrize("uncond_rate", [0.0, 1.0])
+def test_the_loss_reads_each_target_once_in_place(monkeypatch, uncond_rate):
+    """loss_fn finds code inputs, image placeholders and targets through the Collator's flat
+    position lists; here they are found again the plain way (masks over the padded batch, the
+    targets of each sample from its own ids) and the two losses must agree."""
+    import random
+
+    import torch.nn.functional as F
+
+    from imagemini.models.processor import Processor
+    from imagemini.world.tasks import generate
+
+    monkeypatch.setattr(lm, "UNCOND_RATE", uncond_rate)
+    bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
+    model, proc = load_janus(bundled, torch.float32), Processor.from_dir(bundled)
+    examples = generate(random.Random(3), 10, tasks={"draw": 1.0, "edit_recolor": 1.0, "describe": 1.0, "count": 1.0})
+    samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
+    batch = lm.on_device(lm.Collator(proc, random.Random(0), grid=16)(samples), model, proc, None)
+    with torch.no_grad():
+        loss, parts = lm.loss_fn(model, batch)
+
+        ids, vocab = batch["ids"], model.cfg.text.vocab_size
+        is_code = ids >= vocab
+        embeds = model.input_embeddings(ids.clamp(max=vocab - 1), batch["pixels"])
+        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab)
+        logits_in = model.hidden_states(embeds, batch["mask"])
+        text, code = [], []
+        for b, sample in enumerate(samples):
+            if uncond_rate and sample.drawn_images:  # the drawn image's codes alone, after its BOI
+                first = (ids[b] == proc.tokenizer.special.boi).nonzero()[-1].item() + 1
+                span = range(first, first + 256)
+            else:
+                span = range(sample.loss_from, len(sample.ids))
+            for j in span:
+                (code if ids[b, j] >= vocab else text).append((b, j))
+        assert code and text
+
+        def mean_loss(positions, head, offset):
+            rows = torch.stack([logits_in[b, j - 1] for b, j in positions])
+            return F.cross_entropy(head(rows), torch.stack([ids[b, j] for b, j in positions]) - offset)
+
+        want_code, want_text = mean_loss(code, model.image_logits, vocab), mean_loss(text, model.text_logits, 0)
+        assert parts["image"].item() == pytest.approx(want_code.item(), rel=1e-4)
+        assert parts["text"].item() == pytest.approx(want_text.item(), rel=1e-4)
+        want = (want_text * len(text) + want_code * len(code)) / (len(text) + len(code))
+        assert loss.item() == pytest.approx(want.item(), rel=1e-4)
