@@ -218,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     bench_draw.add_arguments(d)
     d.set_defaults(func=cmd_bench)
 
+    from imagemini.bench import train as bench_train
+
+    t = bench.add_parser("train", help="training steps/s and tokens/s of the recipe's stage 2 on a device")
+    bench_train.add_arguments(t)
+    t.set_defaults(func=cmd_bench)
+
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -587,16 +587,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
 
     model = load_janus(init, torch.float32).to(cfg.device).train()
     proc = Processor.from_dir(init)
-    for p in model.model.vqmodel.parameters():
-        p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    opt = make_optimizer(model, cfg)
     fused = torch.device(cfg.device).type == "cuda"
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None,
-    )
     step, elapsed_before, vision_seconds, phase_step = 0, 0.0, 0.0, 0
     seconds_on = {}  # training seconds per device type, for the model card
     rng = random.Random(cfg.seed + 1)
@@ -675,22 +667,10 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
             est_total = step + int((step - first_step) / ran * (budget - elapsed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step - phase_step, est_total - phase_step, cfg)
-        batch = on_device(cpu_batch, model, proc, code_map)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            loss, parts = loss_fn(model, batch, reader)
-            if batch.get("unnamed") is not None:
-                pixels, labels = batch["unnamed"]
-                unnamed = reader.loss(model.encode_images(pixels), labels)
-                loss = loss + AUX_WEIGHT * unnamed
-                parts["unnamed"] = unnamed.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + list(reader.parameters()), 1.0)
-        opt.step()
+        losses = train_step(model, reader, opt, on_device(cpu_batch, model, proc, code_map))
         step += 1
         report()  # the step before this one: by now the device has finished it
-        pending = {"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"],
-                   "loss": loss.detach(), **parts}
+        pending = {"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"], **losses}
         if time.monotonic() - last_save > cfg.save_minutes * 60:
             save(elapsed)
             last_save = time.monotonic()
@@ -701,6 +681,36 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     minutes_on = {k: round(v / 60, 1) for k, v in seconds_on.items()}
     return export(model, init, out / "checkpoint",
                   {"steps": step, "train_minutes": round(elapsed / 60, 1), "minutes_by_device": minutes_on})
+
+
+def make_optimizer(model: Janus, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable weights (the VQ stays frozen): decay on matrices only."""
+    for p in model.model.vqmodel.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = torch.device(cfg.device).type == "cuda"
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None,
+    )
+
+
+def train_step(model: Janus, reader: SceneReader, opt: torch.optim.Optimizer, batch: dict) -> dict[str, torch.Tensor]:
+    """One optimizer step on a batch already on the device (`on_device`). The losses come back
+    as device tensors: reading them waits for the step, so the caller chooses when."""
+    with torch.autocast(batch["ids"].device.type, dtype=torch.bfloat16):
+        loss, parts = loss_fn(model, batch, reader)
+        if batch.get("unnamed") is not None:
+            pixels, labels = batch["unnamed"]
+            unnamed = reader.loss(model.encode_images(pixels), labels)
+            loss = loss + AUX_WEIGHT * unnamed
+            parts["unnamed"] = unnamed.detach()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)
+    opt.step()
+    return {"loss": loss.detach(), **parts}
 
 
 def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: random.Random, reader: SceneReader,
