@@ -3,7 +3,11 @@
 Same checkpoint, same prompts, same token counts. The engine figure is measured in this
 process with `Engine.generate`; the HTTP figure starts `imagemini serve` as a subprocess and
 streams `c` concurrent chat completions through it with httpx (SSE parsed as a client would),
-counting tokens from the final usage chunk. The ratio is what the HTTP layer costs.
+counting tokens from the final usage chunk. The ratio is what serving over HTTP costs.
+
+The server's engine process runs on fewer torch threads than this process (one core is left
+to HTTP), so the engine is also timed alone at the server's thread count: http over that
+figure is the HTTP layer's own cost, the rest is the core the HTTP side takes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import time
 
 import httpx
+import torch
 
 from imagemini.bench.text import PROMPTS, _prompts, bench_engine
 from imagemini.engine.engine import Engine, EngineConfig
@@ -33,6 +38,8 @@ def _free_port() -> int:
 def main(args: argparse.Namespace) -> None:
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
+    threads = torch.get_num_threads()
+    server_threads = args.engine_threads or max(1, len(os.sched_getaffinity(0)) - 1)  # serve's default
     eos = engine.tokenizer.special.eos
     port = _free_port()
     server = subprocess.Popen(
@@ -49,13 +56,19 @@ def main(args: argparse.Namespace) -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         model_id = models["data"][0]["id"]
-        print(f"checkpoint {path}  dtype {args.dtype}  new tokens/request {args.max_tokens}")
-        print(f"{'concurrency':>11} {'engine tok/s':>13} {'http tok/s':>11} {'http/engine':>12}")
+        print(f"checkpoint {path}  dtype {args.dtype}  new tokens/request {args.max_tokens}  "
+              f"threads: here {threads}, server's engine {server_threads}")
+        print(f"{'concurrency':>11} {'engine tok/s':>13} {f'@{server_threads} threads':>13} {'http tok/s':>11} "
+              f"{'http/engine':>12} {f'@{server_threads} threads':>13}")
         for c in args.concurrency:
             # The engine alone runs while the idle server waits: same machine load for both.
             alone = bench_engine(engine, _prompts(engine, c), args.max_tokens)
+            torch.set_num_threads(server_threads)
+            alone_as_served = bench_engine(engine, _prompts(engine, c), args.max_tokens)
+            torch.set_num_threads(threads)
             http = asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id))
-            print(f"{c:>11} {alone:>13.1f} {http:>11.1f} {http / alone:>11.0%}")
+            print(f"{c:>11} {alone:>13.1f} {alone_as_served:>13.1f} {http:>11.1f} {http / alone:>11.0%} "
+                  f"{http / alone_as_served:>12.0%}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
