@@ -123,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     runs = args.runs
     if args.stage in ("vq", "all"):
         vq.train_vq(runs / "vq", minutes=args.vq_minutes, seed=args.seed)
+        vq.tune_decoder(runs / "vq", minutes=args.decoder_minutes, seed=args.seed)
     if args.stage in ("lm", "all"):
         cfg = lm.TrainConfig(minutes=args.lm_minutes, seed=args.seed, vision_minutes=args.vision_minutes, device=args.device)
         print(lm.train(runs / "lm", runs / "vq", cfg))
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("stage", choices=["vq", "lm", "all"], nargs="?", default="all")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="working directory of the stages")
     p.add_argument("--vq-minutes", type=float, default=75.0, help="time budget of the image tokenizer stage")
+    p.add_argument("--decoder-minutes", type=float, default=30.0,
+                   help="then the VQ decoder alone, on the codes the whole model draws (stage 1b)")
     p.add_argument("--vision-minutes", type=float, default=20.0,
                    help="scene-reading warm-up of the vision encoder alone, at the start of the whole-model stage")
     p.add_argument("--lm-minutes", type=float, default=90.0, help="time budget of the whole-model stage")

@@ -3,6 +3,7 @@
     python -m imagemini.train.vq --out runs/vq --minutes 75     # train; resumes out/last.pt if present
     python -m imagemini.train.vq --out runs/vq --minutes 120    # extend the same run to 120 minutes in all
     python -m imagemini.train.vq --out runs/vq --eval-only      # readback of out/vq.safetensors
+    python -m imagemini.train.vq --out runs/vq --tune-decoder 30 --lr 3e-4   # stage 1b (below)
 
 `--minutes` is the run's *total* wall-clock budget, counted across resumes (a crashed run
 resumed with the same flag ends when it would have; a larger value extends it). The learning
@@ -20,6 +21,9 @@ Recipe (design §8, LlamaGen-style quantiser):
    transformers' plain-distance encode and normalised decode need.
 4. Loss: MSE + L1 + a palette cross-entropy (pixels scored against the 9 exact world colours)
    with extra weight on edge pixels: crisp colours and edges are what the scene parser reads.
+5. Stage 1b (`tune_decoder`): encoder and codebook frozen, the decoder alone learns to paint the
+   codes the whole model actually draws (near-duplicates merged, `synonym_map`), which stage 1
+   never decoded. Codes keep their meaning, so it may run after the whole model has trained.
 
 Data are drawn on the fly from a seeded `random.Random` (`sample_scene` + `render_array`); a
 fixed held-out set (`heldout_set`) scores readback: the fraction of scenes that
@@ -244,11 +248,15 @@ def _mistake(truth, image: np.ndarray) -> str | None:
 
 
 @torch.no_grad()
-def reconstruct(vq: VQModel, pixels: torch.Tensor, quantized: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """decode(encode(pixels)) through the inference path, or through the normalised
-    continuous latents when quantized=False (autoencoder warm-up). -> (pixels, codes)."""
+def reconstruct(vq: VQModel, pixels: torch.Tensor, quantized: bool = True,
+                code_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """decode(encode(pixels)) through the inference path (each code replaced by `code_map[code]`
+    when given), or through the normalised continuous latents when quantized=False (autoencoder
+    warm-up). -> (pixels, codes)."""
     if quantized:
         codes = vq.encode(pixels)
+        if code_map is not None:
+            codes = code_map[codes]
         return vq.decode(codes), codes
     z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
     return vq.decoder(vq.post_quant_conv(z)), None
@@ -256,10 +264,11 @@ def reconstruct(vq: VQModel, pixels: torch.Tensor, quantized: bool = True) -> tu
 
 @torch.no_grad()
 def evaluate_readback(vq_model: VQModel, scenes, images: np.ndarray | None = None, *, batch_size: int = 100,
-                      quantized: bool = True, bf16: bool = False) -> dict:
+                      quantized: bool = True, bf16: bool = False, code_map: torch.Tensor | None = None) -> dict:
     """Readback of `scenes` through `vq_model`: parse_image(decode(encode(image))) == scene.
 
     images: uint8 [n, S, S, 3] renders of the scenes (rendered here, seeded, if None).
+    code_map: decode `code_map[code]` instead (the codes the whole model draws: `synonym_map`).
     Returns readback overall and by number of objects, first mistake kinds, MSE, palette
     pixel accuracy, codes used and code perplexity (quantized only).
     """
@@ -272,7 +281,7 @@ def evaluate_readback(vq_model: VQModel, scenes, images: np.ndarray | None = Non
     for i in range(0, len(scenes), batch_size):
         x = to_pixels(images[i:i + batch_size])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y, c = reconstruct(vq_model, x, quantized)
+            y, c = reconstruct(vq_model, x, quantized, code_map)
         sq += (y.float().clamp(-1, 1) - x).pow(2).mean((1, 2, 3)).sum().item()
         outs.append(to_uint8(y))
         if c is not None:
@@ -527,6 +536,77 @@ def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = 
     return row
 
 
+def tune_decoder(out_dir: str | Path, minutes: float, seed: int = 0, cfg: TrainConfig | None = None,
+                 progress: bool = True) -> dict:
+    """Stage 1b: the decoder alone (and post_quant_conv) learns, for `minutes`, to paint back the
+    codes the whole model is taught to draw: the synonym-merged ones (`synonym_map`), which stage
+    1 never decoded. The encoder and codebook stay frozen, so every code keeps its meaning and a
+    whole model trained on them stays valid. out_dir's vq.safetensors is replaced only by a
+    decoder that reads back more held-out scenes (through merged codes) than the one it started
+    from. `minutes` counts across calls, as stage 1's budget does (a call after the budget is
+    spent trains nothing; a resumed call starts a fresh optimizer part-way down the schedule).
+    Returns {"before": readback row, "after": best row}."""
+    out_dir = Path(out_dir)
+    cfg = cfg or TrainConfig(lr=3e-4)
+    metrics = out_dir / "metrics.jsonl"
+    done = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    spent = max((row["minutes"] * 60 for row in done if row.get("phase") == "decoder"), default=0.0)
+    torch.set_num_threads(cfg.threads)
+    vq = load_vq(out_dir)
+    code_map = synonym_map(vq)
+    heldout = heldout_set(cfg.eval_scenes)
+    best = before = evaluate_readback(vq, *heldout, code_map=code_map)
+    trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
+    for param in vq.parameters():
+        param.requires_grad_(False)
+    for param in trained:
+        param.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    rng, budget, step, last_eval = random.Random(f"{seed}/decoder/{spent}"), minutes * 60.0, 0, spent
+    bar = tqdm(total=round(budget), initial=round(min(spent, budget)), unit="s", desc="decoder", disable=not progress,
+               dynamic_ncols=True)
+    while spent < budget:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step, spent / budget)
+        x, index = sample_batch(rng, cfg.batch_size)
+        with torch.no_grad():
+            codes = code_map[vq.encode(x)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            y = vq.decode(codes)
+        loss, _ = reconstruction_loss(y, x, index, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+        opt.step()
+        step += 1
+        spent += time.perf_counter() - t0
+        bar.update(round(spent) - bar.n)
+        bar.set_postfix(step=step, loss=f"{loss.item():.4f}", refresh=False)
+        if spent - last_eval >= cfg.eval_minutes * 60 or spent >= budget:
+            row = {"step": step, "minutes": round(spent / 60, 2), "phase": "decoder",
+                   **evaluate_readback(vq, *heldout, code_map=code_map)}
+            with open(metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            tqdm.write(f"[decoder] step {step}: readback {row['readback']:.3f} mistakes {row['mistakes']}", file=sys.stderr)
+            if (row["readback"], -row["mse"]) > (best["readback"], -best["mse"]):
+                best = row
+                _save_decoder(vq, out_dir)
+            last_eval = spent
+    bar.close()
+    return {"before": before, "after": best}
+
+
+def _save_decoder(vq: VQModel, out_dir: Path) -> None:
+    """Rewrites the decoder's tensors of out_dir/vq.safetensors; the others stay bit for bit."""
+    path = out_dir / "vq.safetensors"
+    tensors = load_file(str(path))
+    tensors.update({k: v.detach().float().contiguous().clone() for k, v in vq.state_dict().items()
+                    if k.startswith(("decoder.", "post_quant_conv."))})
+    save_file(tensors, str(path.with_suffix(".tmp")))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
 def _summary(row: dict) -> str:
     return (f"[eval] step {row['step']} {row['minutes']:.1f} min {row['phase']}: readback {row['readback']:.3f} "
             f"{row['readback_by_objects']} mse {row['mse']:.4f} palette_acc {row['palette_acc']:.4f} "
@@ -540,11 +620,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if out/last.pt exists")
     p.add_argument("--eval-only", action="store_true", help="evaluate out/vq.safetensors and exit")
+    p.add_argument("--tune-decoder", type=float, default=0.0, metavar="MINUTES",
+                   help="stage 1b on out/vq.safetensors: the decoder alone, on the codes the whole model draws")
     for f in dataclasses.fields(TrainConfig):  # every field is a flag (new runs; RUNTIME_FIELDS always)
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if f.type in (bool, "bool") else type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     p.add_argument("--vq-config", default=None, help="JSON overrides of BUNDLED_VQ_CONFIG (new runs only)")
     args = p.parse_args(argv)
+    if args.tune_decoder:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        result = tune_decoder(args.out, args.tune_decoder, seed=args.seed, cfg=cfg)
+        print(json.dumps({k: {"readback": v["readback"], "mistakes": v["mistakes"]} for k, v in result.items()}))
+        return
     if args.eval_only:
         torch.set_num_threads(args.threads)
         print(json.dumps(evaluate_readback(load_vq(args.out), *heldout_set(args.eval_scenes))))

@@ -122,3 +122,22 @@ def test_synonym_map_merges_near_duplicate_codes_only():
     others = [c for c in range(book.shape[0]) if c not in (3, 5, 9)]
     assert mapping[others].tolist() == others  # distinct codes stay themselves
     assert torch.equal(mapping[mapping], mapping)  # representatives map to themselves
+
+
+def test_tune_decoder_trains_the_decoder_alone_and_keeps_a_better_one(tmp_path):
+    """Stage 1b: codes keep their meaning (encoder, quant_conv and codebook bit-identical in the
+    saved file), the decoder changes, and the file is replaced only by a decoder that scores
+    better than the one it started from."""
+    torch.manual_seed(0)
+    train.save_vq(VQModel(VQConfig.from_dict(TINY)), TINY, tmp_path)
+    start = load_file(str(tmp_path / "vq.safetensors"))
+    result = train.tune_decoder(tmp_path, minutes=0.05, cfg=tiny_cfg(eval_minutes=1e9), progress=False)
+    assert result["after"]["mse"] < result["before"]["mse"]
+    tuned = load_file(str(tmp_path / "vq.safetensors"))
+    for name, tensor in start.items():
+        frozen = not name.startswith(("decoder.", "post_quant_conv."))
+        assert torch.equal(tuned[name], tensor) == frozen, name
+    # The budget counts across calls: spent, a second call trains nothing.
+    again = train.tune_decoder(tmp_path, minutes=0.05, cfg=tiny_cfg(eval_minutes=1e9), progress=False)
+    assert again["after"] is again["before"]
+    assert all(torch.equal(t, tuned[k]) for k, t in load_file(str(tmp_path / "vq.safetensors")).items())
