@@ -18,6 +18,7 @@ batch size that gives the most tokens per second.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import time
 import warnings
@@ -46,13 +47,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_batches(proc: Processor, cfg: lm.TrainConfig, grid: int, n: int) -> tuple[list[dict], float]:
-    """`n` collated CPU batches and the seconds one process took to make them."""
-    rng = random.Random(f"bench/{cfg.batch_tokens}")
-    collate = lm.Collator(proc, rng, grid, cfg.unnamed_per_step)
-    stream = lm.batches(proc, rng, cfg)
+def make_batches(proc: Processor, model_dir: Path, cfg: lm.TrainConfig, grid: int, n: int) -> tuple[list[dict], float]:
+    """`n` collated CPU batches made here, by the training loop's own stream, and the seconds
+    one process took to make them."""
+    stream = lm.batch_stream(proc, model_dir, random.Random(f"bench/{cfg.batch_tokens}"), cfg, grid, "bench")
     start = time.perf_counter()
-    made = [collate(next(stream)) for _ in range(n)]
+    made = list(itertools.islice(stream, n))
     return made, time.perf_counter() - start
 
 
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> None:
         cfg = lm.TrainConfig(batch_tokens=batch_tokens, device=args.device, lr=1e-5)
         opt = lm.make_optimizer(model, cfg)
         opt.add_param_group({"params": list(reader.parameters()), "weight_decay": 0.0})
-        cpu_batches, data_seconds = make_batches(proc, cfg, grid, args.steps + 2)
+        cpu_batches, data_seconds = make_batches(proc, args.model, cfg, grid, args.steps + 2)
         tokens = sum(int(b["mask"].sum()) for b in cpu_batches) / len(cpu_batches)
         targets = sum(len(b["text_targets"]) + len(b["code_targets"]) for b in cpu_batches) / len(cpu_batches) / tokens
 

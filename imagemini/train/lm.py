@@ -588,7 +588,7 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     model = load_janus(init, torch.float32).to(cfg.device).train()
     proc = Processor.from_dir(init)
     opt = make_optimizer(model, cfg)
-    fused = torch.device(cfg.device).type == "cuda"
+    device_type = torch.device(cfg.device).type
     step, elapsed_before, vision_seconds, phase_step = 0, 0.0, 0.0, 0
     seconds_on = {}  # training seconds per device type, for the model card
     rng = random.Random(cfg.seed + 1)
@@ -613,7 +613,7 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     elif cfg.init_from is not None:
         warm_start(model, cfg.init_from)
     for group in opt.param_groups:
-        group["fused"], group["foreach"] = fused or None, None  # a state saved on another device type
+        group["fused"], group["foreach"] = (device_type == "cuda") or None, None  # a state saved on another device type
     code_map = None
     if not cfg.text_only:
         from .vq import synonym_map
@@ -625,7 +625,6 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         vision_rng = random.Random(f"{cfg.seed}/vision/{vision_seconds}")
         vision_seconds += read_scenes(model, reader, proc, cfg.vision_minutes * 60 - vision_seconds, cfg, vision_rng)
         _save_state(out, model, opt, step, elapsed_before, rng, reader, vision_seconds, phase_step, seconds_on)
-    device_type = torch.device(cfg.device).type
     seconds_here = seconds_on.get(device_type, 0.0)
     budget = cfg.minutes * 60
     start = time.monotonic()
@@ -714,12 +713,12 @@ def train_step(model: Janus, reader: SceneReader, opt: torch.optim.Optimizer, ba
 
 
 def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: random.Random, reader: SceneReader,
-                vision_seconds: float, phase_step: int = 0, seconds_on: dict | None = None) -> None:
+                vision_seconds: float, phase_step: int, seconds_on: dict) -> None:
     tmp = out / "last.pt.tmp"
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "reader": reader.state_dict()}
     state = _map_arrays(lambda t: t.detach().cpu(), state)  # a state saved on a GPU loads anywhere
     torch.save({**state, "step": step, "elapsed": elapsed, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                "vision_seconds": vision_seconds, "phase_step": phase_step, "seconds_on": seconds_on or {}}, tmp)
+                "vision_seconds": vision_seconds, "phase_step": phase_step, "seconds_on": seconds_on}, tmp)
     tmp.replace(out / "last.pt")
 
 

@@ -536,6 +536,9 @@ def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = 
     return row
 
 
+DECODER_PARTS = ("decoder.", "post_quant_conv.")  # what stage 1b trains and rewrites
+
+
 def tune_decoder(out_dir: str | Path, minutes: float, seed: int = 0, cfg: TrainConfig | None = None,
                  progress: bool = True) -> dict:
     """Stage 1b: the decoder alone (and post_quant_conv) learns, for `minutes`, to paint back the
@@ -556,7 +559,7 @@ def tune_decoder(out_dir: str | Path, minutes: float, seed: int = 0, cfg: TrainC
     code_map = synonym_map(vq)
     heldout = heldout_set(cfg.eval_scenes)
     best = before = evaluate_readback(vq, *heldout, code_map=code_map)
-    trained = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters()]
+    trained = [p for name, p in vq.named_parameters() if name.startswith(DECODER_PARTS)]
     for param in vq.parameters():
         param.requires_grad_(False)
     for param in trained:
@@ -602,7 +605,7 @@ def _save_decoder(vq: VQModel, out_dir: Path) -> None:
     path = out_dir / "vq.safetensors"
     tensors = load_file(str(path))
     tensors.update({k: v.detach().float().contiguous().clone() for k, v in vq.state_dict().items()
-                    if k.startswith(("decoder.", "post_quant_conv."))})
+                    if k.startswith(DECODER_PARTS)})
     save_file(tensors, str(path.with_suffix(".tmp")))
     os.replace(path.with_suffix(".tmp"), path)
 
@@ -627,8 +630,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     p.add_argument("--vq-config", default=None, help="JSON overrides of BUNDLED_VQ_CONFIG (new runs only)")
     args = p.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if args.tune_decoder:
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
         result = tune_decoder(args.out, args.tune_decoder, seed=args.seed, cfg=cfg)
         print(json.dumps({k: {"readback": v["readback"], "mistakes": v["mistakes"]} for k, v in result.items()}))
         return
@@ -636,7 +639,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(evaluate_readback(load_vq(args.out), *heldout_set(args.eval_scenes))))
         return
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     vq_config = {**BUNDLED_VQ_CONFIG, **json.loads(args.vq_config or "{}")}
     row = train_vq(args.out, args.minutes, seed=args.seed, resume=not args.no_resume, cfg=cfg, vq_config=vq_config)
     print(json.dumps(row))
