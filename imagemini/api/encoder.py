@@ -2,6 +2,7 @@
 generated code grids -> PNG data URLs.
 
     vision = VisionEncoder(model, processor, EncoderCache(256 << 20))
+    ids = vision.with_echo(ids, images)             # the last image's codes, where the checkpoint asks (processor.py)
     embeds = vision.prompt_embeds(ids, images)      # blocking: call it with asyncio.to_thread
     writer = ImageWriter(model)
     url = writer.png_data_url(codes)                # blocking too: "data:image/png;base64,..."
@@ -103,15 +104,7 @@ class VisionEncoder:
             if cached is None:
                 todo[key] = [i]
         if todo:
-            pixels = []
-            for positions in todo.values():
-                image = images[positions[0]]
-                picture = image.load()
-                try:
-                    pixels.append(self.processor.preprocess(picture))
-                except Exception as exc:  # an odd mode or size PIL could not resample
-                    raise bad_request(f"{image.param}: the image could not be processed ({type(exc).__name__})",
-                                      param=image.param, code="invalid_image") from None
+            pixels = [self._pixels(images[positions[0]]) for positions in todo.values()]
             with torch.inference_mode():
                 encoded = self.model.encode_images(torch.stack(pixels).to(self.dtype))
             for (key, positions), features in zip(todo.items(), encoded):
@@ -121,12 +114,33 @@ class VisionEncoder:
                     out[i] = features
         return out  # type: ignore[return-value]
 
+    def _pixels(self, image: InputImage) -> torch.Tensor:
+        try:
+            return self.processor.preprocess(image.load())
+        except Exception as exc:  # an odd mode or size PIL could not resample
+            raise bad_request(f"{image.param}: the image could not be processed ({type(exc).__name__})",
+                              param=image.param, code="invalid_image") from None
+
+    def with_echo(self, ids: list[int], images: list[InputImage]) -> list[int]:
+        """`ids` with the last image's source echo, on checkpoints that declare one (processor.py)."""
+        if self.processor.echo is None or not images:
+            return ids
+        key = self.cache_key(images[-1]) + ":echo"
+        codes = self.cache.get(key)
+        if codes is None:
+            pixels = self.processor.vq_range(self._pixels(images[-1]))[None]  # float32: see encode_image_codes
+            with torch.inference_mode():
+                codes = self.model.encode_image_codes(pixels)[0].clone()
+            self.cache.put(key, codes)
+        return self.processor.with_echo(ids, self.processor.echo_codes(codes))
+
     def prompt_embeds(self, ids: list[int], images: list[InputImage]) -> torch.Tensor:
-        """[len(ids), hidden]: token embeddings, the image placeholder rows replaced by the images in order."""
+        """[len(ids), hidden]: token embeddings, the image placeholder rows replaced by the images
+        in order, image codes (a source echo) embedded as drawn codes are."""
         features = self.features(images)
         with torch.inference_mode():
             tokens = torch.tensor(ids)
-            embeds = self.model.embed_tokens(tokens)
+            embeds = self.model.input_embeddings(tokens)
             mask = tokens == self.processor.tokenizer.special.image
             rows = torch.cat(features).to(embeds.dtype)
             if int(mask.sum()) != rows.shape[0]:

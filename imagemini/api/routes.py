@@ -159,7 +159,7 @@ async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> t
         ids, images = state.prompts.encode(resolved, **plan.template_options)
         if len(images) > settings.max_images:
             raise too_many_images(len(images), settings.max_images)
-        return state.processor.expand_images(ids), images
+        return state.vision.with_echo(state.processor.expand_images(ids), images), images
 
     if has_media(messages):
         async with state.media_slots:

@@ -71,6 +71,7 @@ class RequestLimits:
     think: tuple[int, int] | None
     num_image_tokens: int
     boi: int | None
+    codes: range = range(0)  # the ids of image codes, which a prompt may hold (a source echo)
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError (the message says why) for a request this engine cannot run."""
@@ -83,9 +84,9 @@ class RequestLimits:
             )
         if len(prompt_ids) + params.max_tokens > self.kv_budget_tokens:
             raise ValueError("request is larger than the whole KV cache budget")
-        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        bad = [t for t in prompt_ids if not (0 <= t < self.vocab_size or t in self.codes)]
         if bad:
-            raise ValueError(f"prompt holds token ids outside the vocabulary: {bad[:5]}")
+            raise ValueError(f"prompt holds token ids outside the vocabulary and the image codes: {bad[:5]}")
         if params.reasoning_budget is not None and self.think is None:
             raise ValueError("this model has no thinking delimiters: it cannot reason")
         if params.thinks and prompt_ids[-1] != self.think[0]:
@@ -120,7 +121,7 @@ class Engine:
         ).hexdigest()[:12]
         self.limits = RequestLimits(
             self.context_length, self.kv_cache.budget_tokens, tokenizer.vocab_size, self.think,
-            self.num_image_tokens, special.boi,
+            self.num_image_tokens, special.boi, range(self.code_offset, self.code_offset + model.cfg.vq.num_embeddings),
         )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sequences: dict[str, Sequence] = {}

@@ -51,6 +51,8 @@ def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -
     pixels = torch.stack([proc.preprocess(render(r.scene, size, offsets=r.offsets)) for r in refs])
     model = engine.model
     with torch.inference_mode():
+        if proc.echo is not None:
+            ids = proc.with_echo(ids, proc.echo_codes(model.encode_image_codes(proc.vq_range(pixels[-1:]))[0]))
         embeds = model.input_embeddings(torch.tensor([ids]), pixels.to(next(model.parameters()).dtype))[0]
     return ids, embeds
 

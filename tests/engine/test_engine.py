@@ -65,6 +65,27 @@ def test_context_overflow_is_refused(engine32):
         engine32.add_request([1] * 10, SamplingParams(max_tokens=engine32.context_length))
 
 
+@torch.no_grad()
+def test_a_prompt_may_hold_image_codes_and_nothing_else_beyond_the_vocabulary(engine32, reference):
+    """A source echo (models/processor.py) puts image codes in the prompt: they are embedded as
+    drawn codes are, the same as transformers' model fed those embeddings; any other id is refused."""
+    offset, n_codes = engine32.code_offset, engine32.model.cfg.vq.num_embeddings
+    prompt = chat(engine32, "Keep")
+    prompt = prompt[:-2] + [offset + 5, offset + n_codes - 1, offset] + prompt[-2:]
+    out = engine32.generate([prompt], SamplingParams(max_tokens=6, temperature=0, logprobs=True))[0]
+    embeds = engine32.model.input_embeddings(torch.tensor([prompt + out["token_ids"]]))
+    codes = torch.tensor(prompt[-5:-2]) - offset
+    assert torch.equal(embeds[0, -len(out["token_ids"]) - 5 : -len(out["token_ids"]) - 2],
+                       engine32.model.embed_image_codes(codes))
+    ref = torch.log_softmax(reference(inputs_embeds=embeds).logits[0].float(), -1)
+    for step, (token, lp) in enumerate(zip(out["token_ids"], out["logprobs"])):
+        row = ref[len(prompt) - 1 + step]
+        assert token == int(row.argmax()) and abs(lp.logprob - row[token].item()) < 1e-5
+    for bad in (offset + n_codes, -1):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            engine32.add_request(prompt[:-2] + [bad] + prompt[-2:], SamplingParams(max_tokens=4))
+
+
 def test_abort_frees_the_kv_cache(engine32):
     prompt = chat(engine32, "Count to a hundred")
     request_id = engine32.add_request(prompt, SamplingParams(max_tokens=200))

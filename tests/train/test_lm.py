@@ -41,6 +41,7 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     assert len(first) == 30
     assert any("scene" in row for row in first)  # the scene reader saw user images
     assert all(row["unnamed"] > 0 for row in first)  # and unnamed-colour scenes beside every batch
+    assert any("copy" in row for row in first)  # edits echo their source, the copy head has its lesson
     early = sum(r["loss"] for r in first[:5]) / 5
     late = sum(r["loss"] for r in first[-5:]) / 5
     assert late < 0.8 * early
@@ -54,6 +55,10 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     model = load_janus(checkpoint, torch.float32)
     assert json.loads((checkpoint / "training.json").read_text())["steps"] == 35
     assert not any(k.startswith("reader") for k in model.state_dict())  # the reader is not exported
+    from imagemini.models.processor import Processor
+
+    echo = Processor.from_dir(checkpoint).echo  # the echo travels with the checkpoint
+    assert echo is not None and len(echo.code_map) == 64 and echo.before_token == lm.ECHO_BEFORE
 
 
 def test_scene_reader_labels_mark_exactly_the_patches_an_object_is_drawn_in():
@@ -177,9 +182,11 @@ def test_a_state_without_optimizer_starts_a_new_warmed_up_phase_made_by_data_wor
     assert resumed["phase_step"] == 6 and "opt" in resumed and set(resumed["seconds_on"]) == {"cpu"}
 
 
-def test_drawn_images_get_their_own_codes_in_order():
-    """Collator leaves -1 where a drawn image's codes go; on_device fills each run with the VQ
-    codes of that sample's image, in order (nothing shifted between samples or images)."""
+@pytest.mark.parametrize("echo", [False, True])
+def test_echoed_and_drawn_images_get_their_own_codes_in_order(monkeypatch, echo_checkpoint, echo):
+    """Collator leaves -1 where an echoed or drawn image's codes go; on_device fills each run with
+    the VQ codes of that sample's image, in order (nothing shifted between samples or images): the
+    echo (the source picture) first, then the drawn one. An unconditional row has no echo."""
     import random
 
     import numpy as np
@@ -187,27 +194,38 @@ def test_drawn_images_get_their_own_codes_in_order():
     from imagemini.models.processor import Processor
     from imagemini.world.tasks import generate
 
-    bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
-    model, proc = load_janus(bundled, torch.float32), Processor.from_dir(bundled)
+    checkpoint = echo_checkpoint if echo else Path(lm.__file__).parents[1] / "models" / "bundled"
+    model, proc = load_janus(checkpoint, torch.float32), Processor.from_dir(checkpoint)
+    assert (proc.echo is not None) == echo
     examples = generate(random.Random(5), 12, tasks={"draw": 1.0, "edit_move": 1.0})
     samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
+    assert any(s.echo_image is not None for s in samples) == echo
+    monkeypatch.setattr(lm, "UNCOND_RATE", 0.0)
     batch = lm.Collator(proc, random.Random(0), grid=16)(samples)
-    assert len(batch["code_slots"]) == int((batch["ids"] == -1).sum()) == 256 * sum(len(s.drawn_images) for s in samples) > 0
-    ids = lm.on_device(batch, model, proc, None)["ids"]
+    pictures = [[*([s.echo_image] if s.echo_image is not None else []), *s.drawn_images] for s in samples]
+    assert len(batch["code_slots"]) == int((batch["ids"] == -1).sum()) == 256 * sum(map(len, pictures)) > 0
+    code_map = torch.randperm(model.cfg.vq.num_embeddings, generator=torch.Generator().manual_seed(0))
+    ids = lm.on_device(batch, model, proc, code_map)["ids"]
     assert not (ids == -1).any()
     vocab = model.cfg.text.vocab_size
     # One encode of every image, as on_device does (GEMM results depend on the batch size).
-    drawn = [r for s in samples for r in s.drawn_images]
-    pixels = vq_stage.to_pixels(np.stack([np.asarray(lm.render_ref(r)) for r in drawn]))
-    encoded = iter(model.model.vqmodel.encode(pixels))
-    for row, sample in zip(ids, samples):
-        want = [next(encoded) for _ in sample.drawn_images]
+    flat = [r for refs in pictures for r in refs]
+    pixels = vq_stage.to_pixels(np.stack([np.array(lm.render_ref(r)) for r in flat]))
+    encoded = iter(code_map[model.model.vqmodel.encode(pixels)])
+    for row, refs in zip(ids, pictures):
+        want = [next(encoded) for _ in refs]
         assert torch.equal(row[row >= vocab] - vocab, torch.cat(want))
-    assert len({tuple(c.tolist()) for c in model.model.vqmodel.encode(pixels)}) == len(drawn)  # all differ
+    assert len({tuple(c.tolist()) for c in model.model.vqmodel.encode(pixels)}) == len(flat)  # all differ
+
+    monkeypatch.setattr(lm, "UNCOND_RATE", 1.0)  # every drawing row unconditional: prompt and echo padded out
+    batch = lm.Collator(proc, random.Random(0), grid=16)(samples)
+    assert int((batch["ids"] == -1).sum()) == 256 * sum(len(s.drawn_images) for s in samples)
+    assert batch["coded"].shape[0] == sum(len(s.drawn_images) for s in samples)
 
 
+@pytest.mark.parametrize("echo", [False, True])
 @pytest.mark.parametrize("uncond_rate", [0.0, 1.0])
-def test_the_loss_reads_each_target_once_in_place(monkeypatch, uncond_rate):
+def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, uncond_rate, echo):
     """loss_fn finds code inputs, image placeholders and targets through the Collator's flat
     position lists; here they are found again the plain way (masks over the padded batch, the
     targets of each sample from its own ids) and the two losses must agree."""
@@ -219,8 +237,8 @@ def test_the_loss_reads_each_target_once_in_place(monkeypatch, uncond_rate):
     from imagemini.world.tasks import generate
 
     monkeypatch.setattr(lm, "UNCOND_RATE", uncond_rate)
-    bundled = Path(lm.__file__).parents[1] / "models" / "bundled"
-    model, proc = load_janus(bundled, torch.float32), Processor.from_dir(bundled)
+    checkpoint = echo_checkpoint if echo else Path(lm.__file__).parents[1] / "models" / "bundled"
+    model, proc = load_janus(checkpoint, torch.float32), Processor.from_dir(checkpoint)
     examples = generate(random.Random(3), 10, tasks={"draw": 1.0, "edit_recolor": 1.0, "describe": 1.0, "count": 1.0})
     samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
     batch = lm.on_device(lm.Collator(proc, random.Random(0), grid=16)(samples), model, proc, None)
@@ -251,4 +269,37 @@ def test_the_loss_reads_each_target_once_in_place(monkeypatch, uncond_rate):
         assert parts["image"].item() == pytest.approx(want_code.item(), rel=1e-4)
         assert parts["text"].item() == pytest.approx(want_text.item(), rel=1e-4)
         want = (want_text * len(text) + want_code * len(code)) / (len(text) + len(code))
+        copies = [b for b, smp in enumerate(samples) if smp.echo_image is not None and smp.drawn_images]
+        if echo and not uncond_rate:  # the copy head's lesson: from each edit's own code runs
+            assert copies and parts["copy"].item() == pytest.approx(copy_reference(model, ids, embeds, copies), rel=1e-4)
+            want = want + lm.COPY_WEIGHT * parts["copy"]
+        else:
+            assert "copy" not in parts
         assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+def copy_reference(model, ids, embeds, rows) -> float:
+    """Mean -log(weight the copy head gives echo code i) over every row predicting drawn code i,
+    with the head's weights recomputed per sample from a plain softmax."""
+    import torch.nn.functional as F
+
+    seen = {}
+    b, t = ids.shape
+
+    def attend(layer, q, k, v):
+        if layer == lm.COPY_LAYER:
+            seen["q"], seen["k"] = q.view(b, t, *q.shape[1:]), k.view(b, t, *k.shape[1:])
+        from imagemini.models.llama import padded_causal_attend
+        return padded_causal_attend(b, t)(layer, q, k, v)
+
+    model.decoder(embeds.flatten(0, 1), torch.arange(t).repeat(b), attend)
+    losses = []
+    for r in rows:
+        codes = (ids[r] >= model.cfg.text.vocab_size).nonzero().squeeze(1).tolist()
+        echo, drawn = codes[:256], codes[256:512]
+        assert echo[-1] + 1 < drawn[0]  # two separate runs
+        for i in range(256):
+            query = drawn[i] - 1
+            scores = seen["k"][r, : query + 1, lm.COPY_HEAD] @ seen["q"][r, query, lm.COPY_HEAD] / model.cfg.text.head_dim**0.5
+            losses.append(-F.log_softmax(scores, 0)[echo[i]].item())
+    return sum(losses) / len(losses)
