@@ -93,10 +93,15 @@ class TrainConfig:
     data_workers: int = 0  # processes making batches (a GPU needs several; 0: made here, resumes exactly)
     save_minutes: float = 5.0  # last.pt this often
 
+    weights: dict[str, float] = field(default_factory=dict)  # task weights replacing task_mixture()'s
+
     def tasks(self) -> dict[str, float] | None:
-        if not self.text_only:
+        if not self.text_only and not self.weights:
             return None
-        return {t: w for t, w in task_mixture().items() if t != "draw" and not t.startswith("edit_")}
+        mixture = {**task_mixture(), **self.weights}
+        if not self.text_only:
+            return mixture
+        return {t: w for t, w in mixture.items() if t != "draw" and not t.startswith("edit_")}
 
 
 def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int]) -> dict:
@@ -807,6 +812,17 @@ def export(model: Janus, init: Path, dest: Path, info: dict) -> Path:
     return dest
 
 
+def task_weights(pairs: list[str]) -> dict[str, float]:
+    """["edit_move=0.1", ...] -> {"edit_move": 0.1, ...}, every name a task of the mixture."""
+    weights = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in task_mixture() or not value:
+            raise SystemExit(f"--weight {pair!r}: expected TASK=W with TASK one of {sorted(task_mixture())}")
+        weights[name] = float(value)
+    return weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="train the bundled Janus model (stage 2)")
     parser.add_argument("--vq", type=Path, default=Path("runs/vq"), help="stage-1 output (vq.safetensors)")
@@ -821,6 +837,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate of this phase")
     parser.add_argument("--min-lr", type=float, default=TrainConfig.min_lr)
     parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
+    parser.add_argument("--weight", action="append", default=[], metavar="TASK=W",
+                        help="a task's sampling weight instead of the default mixture's (repeatable)")
     parser.add_argument("--no-echo", action="store_true", help="plain Janus prompts: no source echo (processor.py)")
     parser.add_argument("--data-workers", type=int, default=0, help="processes making batches (use several on a GPU)")
     parser.add_argument("--save-minutes", type=float, default=TrainConfig.save_minutes, help="save last.pt this often")
@@ -830,7 +848,7 @@ def main() -> None:
     cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed,
                       text_only=args.text_only, threads=args.threads, init_from=args.init_from,
                       vision_minutes=args.vision_minutes, device=args.device, lr=args.lr, min_lr=args.min_lr,
-                      warmup_steps=args.warmup_steps, echo=not args.no_echo, data_workers=args.data_workers, save_minutes=args.save_minutes)
+                      warmup_steps=args.warmup_steps, echo=not args.no_echo, weights=task_weights(args.weight), data_workers=args.data_workers, save_minutes=args.save_minutes)
     print(train(args.out, args.vq, cfg))
 
 

@@ -303,3 +303,16 @@ def copy_reference(model, ids, embeds, rows) -> float:
             scores = seen["k"][r, : query + 1, lm.COPY_HEAD] @ seen["q"][r, query, lm.COPY_HEAD] / model.cfg.text.head_dim**0.5
             losses.append(-F.log_softmax(scores, 0)[echo[i]].item())
     return sum(losses) / len(losses)
+
+
+def test_task_weights_replace_the_default_mixture_and_reject_unknown_tasks():
+    from imagemini.world.tasks import task_mixture
+
+    cfg = lm.TrainConfig(weights=lm.task_weights(["edit_move=0.3", "draw=0"]))
+    assert cfg.tasks() == {**task_mixture(), "edit_move": 0.3, "draw": 0.0}
+    assert lm.TrainConfig().tasks() is None  # the default mixture
+    text_only = lm.TrainConfig(text_only=True, weights={"count": 1.0}).tasks()
+    assert text_only["count"] == 1.0 and "edit_move" not in text_only and "draw" not in text_only
+    for bad in (["painting=1"], ["edit_move"], ["edit_move="]):
+        with pytest.raises(SystemExit, match="TASK=W"):
+            lm.task_weights(bad)
