@@ -35,16 +35,23 @@ def _data_url(ref: ImageRef) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _served_ids(example: Example, proc: Processor, vision: VisionEncoder) -> list[int]:
-    """What the server builds for the chat up to the reply, from the OpenAI-shaped request
-    (routes.py: parse, resolve, template, images, then the echo)."""
-    messages = [{"role": t.role, "content": [
+def _openai_messages(example: Example) -> list[dict]:
+    return [{"role": t.role, "content": [
         {"type": "image_url", "image_url": {"url": _data_url(p)}} if isinstance(p, ImageRef) else {"type": "text", "text": p}
         for p in t.parts]} for t in example.turns[:-1]]
+
+
+def _served_prompt(messages: list[dict], proc: Processor, vision: VisionEncoder, thinking: bool = False) -> list[int]:
+    """What the server builds for OpenAI-shaped messages, up to the reply (routes.py: parse,
+    resolve, template, images, then the echo)."""
     chat = parse_chat_request({"model": "m", "messages": messages})
     resolved = resolve_messages(parse_messages(chat.messages), MediaReader(ServerSettings()), 8)
-    ids, images = PromptEncoder(proc.tokenizer).encode(resolved, thinking=example.thinking)
+    ids, images = PromptEncoder(proc.tokenizer).encode(resolved, thinking=thinking)
     return vision.with_echo(proc.expand_images(ids), images)
+
+
+def _served_ids(example: Example, proc: Processor, vision: VisionEncoder) -> list[int]:
+    return _served_prompt(_openai_messages(example), proc, vision, example.thinking)
 
 
 def _trained_ids(example: Example, proc: Processor, model) -> list[int]:
@@ -114,3 +121,23 @@ def test_echo_placement_and_checks(echo_checkpoint):
     EchoConfig(lm.ECHO_BEFORE, proc.echo.code_map[:10]).save(bad)
     with pytest.raises(ValueError, match="codes mapped"):
         Processor.from_dir(bad)
+
+
+def test_the_server_echoes_and_counts_the_echo_in_usage(echo_checkpoint, start_server, sdk):
+    """Through the real server and the SDK: an edit request on an echo checkpoint is answered with
+    a picture, and prompt_tokens counts exactly the prompt built above, the echo's codes included."""
+    example = generate(random.Random(4), 1, tasks={"edit_recolor": 1})[0]
+    messages = _openai_messages(example)
+    model = load_janus(echo_checkpoint, torch.float32)
+    proc = Processor.from_dir(echo_checkpoint)
+    with torch.inference_mode():
+        ids = _served_prompt(messages, proc, VisionEncoder(model, proc, EncoderCache(1 << 20)))
+    assert sum(t >= model.cfg.text.vocab_size for t in ids) == model.cfg.vq.num_patches**2
+    with start_server(echo_checkpoint) as server:
+        client = sdk(server)
+        model_id = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=model_id, messages=messages, modalities=["image"], seed=0,
+                                               max_tokens=300)
+    opens_picture = len(proc.tokenizer.encode(" ")) + 1  # image output only: the server writes " " BOI itself
+    assert reply.usage.prompt_tokens == len(ids) + opens_picture
+    assert reply.choices[0].message.model_extra["images"][0]["image_url"]["url"].startswith("data:image/png;base64,")
