@@ -115,8 +115,9 @@ class VisionEncoder:
         return out  # type: ignore[return-value]
 
     def _pixels(self, image: InputImage) -> torch.Tensor:
+        picture = image.load()  # its own errors (too large, undecodable) are already the right 400s
         try:
-            return self.processor.preprocess(image.load())
+            return self.processor.preprocess(picture)
         except Exception as exc:  # an odd mode or size PIL could not resample
             raise bad_request(f"{image.param}: the image could not be processed ({type(exc).__name__})",
                               param=image.param, code="invalid_image") from None
