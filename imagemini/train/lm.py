@@ -323,7 +323,8 @@ def build_sample(example: Example, proc: Processor) -> Sample | None:
     shown = [r for role, r in refs if role != "assistant"]
     echo = shown[-1] if shown and proc.echo is not None else None
     if echo is not None:
-        prefix, full = proc.with_echo(prefix, [-1] * n), proc.with_echo(prefix, [-1] * n) + full[len(prefix):]
+        echoed = proc.with_echo(prefix, [-1] * n)
+        prefix, full = echoed, echoed + full[len(prefix):]
     # Make room for the codes of each drawn image: BOI EOI -> BOI <N codes> EOI.
     ids: list[int] = []
     for i, t in enumerate(full):
