@@ -96,12 +96,13 @@ class TrainConfig:
     weights: dict[str, float] = field(default_factory=dict)  # task weights replacing task_mixture()'s
 
     def tasks(self) -> dict[str, float] | None:
+        """The task weights to sample by; None: task_mixture() as it is."""
         if not self.text_only and not self.weights:
             return None
         mixture = {**task_mixture(), **self.weights}
-        if not self.text_only:
-            return mixture
-        return {t: w for t, w in mixture.items() if t != "draw" and not t.startswith("edit_")}
+        if self.text_only:
+            mixture = {t: w for t, w in mixture.items() if t != "draw" and not t.startswith("edit_")}
+        return mixture
 
 
 def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int]) -> dict:
@@ -527,15 +528,15 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
         **GENERATION, "generation_kwargs": {"boi_token_id": special["boi"]},
     }, indent=2))
+    torch.manual_seed(cfg.seed)
+    model = Janus(JanusConfig.from_dict(config))
     if cfg.echo and not cfg.text_only:
         from .vq import synonym_map
 
-        model = Janus(JanusConfig.from_dict(config))
         load_trained_vq(model, init, vq_dir)
         code_map = synonym_map(model.model.vqmodel.eval()).tolist()
         EchoConfig(before_token=ECHO_BEFORE, code_map=tuple(code_map)).save(init)
-    torch.manual_seed(cfg.seed)
-    save_weights(Janus(JanusConfig.from_dict(config)), init)
+    save_weights(model, init)
     return init
 
 
