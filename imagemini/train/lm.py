@@ -65,7 +65,9 @@ MAX_LENGTH = 1024
 UNCOND_RATE = 0.1
 ECHO_BEFORE = "<|Assistant|>"  # the source echo goes just before the reply (processor.py)
 COPY_LAYER, COPY_HEAD, COPY_WEIGHT = 1, 1, 0.1  # the head taught to look at the echo (copy_head_loss)
-GENERATION = {"guidance_scale": 3.0, "temperature": 0.7, "top_p": 0.9}  # image-code sampling defaults
+# Image-code sampling defaults of a fresh run (chosen on training-split drawings and edits, model
+# card); a run continuing from a checkpoint keeps that checkpoint's own (prepare_checkpoint_dir).
+GENERATION = {"guidance_scale": 2.0, "temperature": 0.7, "top_p": 0.9}
 
 
 @dataclass
@@ -524,9 +526,15 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     (init / "config.json").write_text(json.dumps(config, indent=2))
     image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     (init / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_dict(), indent=2))
+    sampling = dict(GENERATION)
+    if cfg.init_from is not None and (cfg.init_from / "generation_config.json").exists():
+        # Tuned for those weights: an export that reset them would judge the continuation with
+        # other sampling than its parent (it once made guidance 2.0 vs 3.0 look like lost drawings).
+        tuned = json.loads((cfg.init_from / "generation_config.json").read_text())
+        sampling.update({k: tuned[k] for k in GENERATION if k in tuned})
     (init / "generation_config.json").write_text(json.dumps({
         "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
-        **GENERATION, "generation_kwargs": {"boi_token_id": special["boi"]},
+        **sampling, "generation_kwargs": {"boi_token_id": special["boi"]},
     }, indent=2))
     torch.manual_seed(cfg.seed)
     model = Janus(JanusConfig.from_dict(config))

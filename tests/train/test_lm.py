@@ -90,6 +90,24 @@ def test_scene_reader_labels_mark_exactly_the_patches_an_object_is_drawn_in():
         assert BACKGROUNDS[labels["background"][i]] == ref.scene.background
 
 
+def test_a_continued_run_keeps_its_parents_sampling_defaults(toy, tmp_path):
+    """A fresh run writes the recipe's image sampling defaults; a run from --init-from keeps the
+    parent checkpoint's (tuned for those weights), so its export is judged as the parent was."""
+    import dataclasses
+    import json
+
+    cfg = lm.TrainConfig(vocab_size=600, tokenizer_examples=2000, threads=1)
+    parent = lm.prepare_checkpoint_dir(tmp_path / "parent", toy, cfg)
+    written = json.loads((parent / "generation_config.json").read_text())
+    assert {k: written[k] for k in lm.GENERATION} == lm.GENERATION
+    tuned = {"guidance_scale": 1.25, "temperature": 0.4, "top_p": 0.8}
+    (parent / "generation_config.json").write_text(json.dumps({**written, **tuned}))
+    child = lm.prepare_checkpoint_dir(tmp_path / "child", toy, dataclasses.replace(cfg, init_from=parent))
+    kept = json.loads((child / "generation_config.json").read_text())
+    assert {k: kept[k] for k in tuned} == tuned
+    assert kept["generation_kwargs"] == written["generation_kwargs"]
+
+
 def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
     import random
 
