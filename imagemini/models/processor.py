@@ -124,12 +124,14 @@ class Processor:
         self.num_image_tokens = cfg.vision.num_patches
         self.echo = echo
         self._echo_before = None
+        self._echo_code_map = None  # echo.code_map as a tensor, made once
         if echo is not None:
-            self._echo_before = tokenizer._tok.token_to_id(echo.before_token)
+            self._echo_before = tokenizer.token_id(echo.before_token)
             if self._echo_before is None:
                 raise ValueError(f"{ECHO_FILE}: {echo.before_token!r} is not a token of this tokenizer")
             if len(echo.code_map) != cfg.vq.num_embeddings:
                 raise ValueError(f"{ECHO_FILE}: {len(echo.code_map)} codes mapped, the VQ has {cfg.vq.num_embeddings}")
+            self._echo_code_map = torch.tensor(echo.code_map)
 
     @classmethod
     def from_dir(cls, path: str | Path, tokenizer: Tokenizer | None = None) -> "Processor":
@@ -189,7 +191,7 @@ class Processor:
 
     def echo_codes(self, codes: torch.Tensor) -> list[int]:
         """One picture's VQ codes [N] -> the token ids of its echo (the codes the model draws)."""
-        mapped = torch.tensor(self.echo.code_map)[codes.flatten().cpu()]
+        mapped = self._echo_code_map[codes.flatten().cpu()]
         return (mapped + self.cfg.text.vocab_size).tolist()
 
     def vq_range(self, pixels: torch.Tensor) -> torch.Tensor:

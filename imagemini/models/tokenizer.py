@@ -92,6 +92,10 @@ class Tokenizer:
         return cls(HFTokenizer.from_file(str(path / "tokenizer.json")), config, template)
 
     # --- text <-> ids -------------------------------------------------------------------
+    def token_id(self, token: str) -> int | None:
+        """The id of a whole token of the vocabulary (None when it has none)."""
+        return self._tok.token_to_id(token)
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 

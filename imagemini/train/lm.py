@@ -811,9 +811,10 @@ def export(model: Janus, init: Path, dest: Path, info: dict) -> Path:
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
-                 "generation_config.json", ECHO_FILE):
-        if (init / name).exists() or name != ECHO_FILE:
-            shutil.copy(init / name, dest / name)
+                 "generation_config.json"):
+        shutil.copy(init / name, dest / name)
+    if (init / ECHO_FILE).exists():
+        shutil.copy(init / ECHO_FILE, dest / ECHO_FILE)
     config = json.loads((dest / "config.json").read_text())
     config["dtype"] = "bfloat16"
     (dest / "config.json").write_text(json.dumps(config, indent=2))
