@@ -65,6 +65,7 @@ MAX_LENGTH = 1024
 UNCOND_RATE = 0.1
 ECHO_BEFORE = "<|Assistant|>"  # the source echo goes just before the reply (processor.py)
 COPY_LAYER, COPY_HEAD, COPY_WEIGHT = 1, 1, 0.1  # the head taught to look at the echo (copy_head_loss)
+TEACHER_WEIGHT = 1.0  # KL to a teacher's drawing, per drawn code (teacher_code_logprobs)
 # Image-code sampling defaults of a fresh run (chosen on training-split drawings and edits, model
 # card); a run continuing from a checkpoint keeps that checkpoint's own (prepare_checkpoint_dir).
 GENERATION = {"guidance_scale": 2.0, "temperature": 0.7, "top_p": 0.9}
@@ -94,6 +95,7 @@ class TrainConfig:
     echo: bool = True  # prompts echo their last picture as codes (processor.py); off: plain Janus prompts
     data_workers: int = 0  # processes making batches (a GPU needs several; 0: made here, resumes exactly)
     save_minutes: float = 5.0  # last.pt this often
+    teacher: Path | None = None  # a checkpoint whose drawing the run keeps close to (teacher_code_logprobs)
 
     weights: dict[str, float] = field(default_factory=dict)  # task weights replacing task_mixture()'s
 
@@ -382,12 +384,20 @@ class Collator:
             ids[b, : len(row)] = torch.tensor(row)
             mask[b, : len(row)] = True
         wanted, next_is_code = loss_mask[:, 1:] & mask[:, 1:], ids[:, 1:] == -1
+        code_targets = wanted & next_is_code
+        # Rows without an echo read alike to a checkpoint without one: a teacher can score them.
+        plain = torch.tensor([smp.echo_image is None for smp in samples])
+        order_in_code_targets = code_targets.flatten().cumsum(0) - 1
         batch = {
             "ids": ids, "mask": mask,
             "code_slots": _flat_positions(ids == -1),  # row-major: samples, then their images in order
             "image_slots": _flat_positions(ids == self.proc.cfg.image_token_id),
             "text_targets": _flat_positions(wanted & ~next_is_code),  # into the [B, W - 1] targets
-            "code_targets": _flat_positions(wanted & next_is_code),
+            "code_targets": _flat_positions(code_targets),
+            "teacher_rows": plain.nonzero().squeeze(1),
+            "teacher_code_slots": _flat_positions((ids == -1)[plain]),  # into the [R, W] teacher rows
+            "teacher_targets": _flat_positions(code_targets[plain]),  # into the [R, W - 1] teacher targets
+            "teacher_in_code_targets": order_in_code_targets[(code_targets & plain[:, None]).flatten()],
             "coded": _uint8_pictures(coded), "images": None, "scenes": None,
             "copy_spans": torch.tensor(copies, dtype=torch.long).view(-1, 3),
         }
@@ -465,20 +475,47 @@ def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tup
     zero = hidden.new_zeros((), dtype=torch.float32)
     # A batch of unconditional drawings alone has no text target (the mean of nothing is NaN).
     text_loss = F.cross_entropy(model.text_logits(hidden[text_at]).float(), targets[text_at]) if text_at.numel() else zero
-    code_loss = (F.cross_entropy(model.image_logits(hidden[code_at]).float(), targets[code_at] - vocab)
-                 if code_at.numel() else zero)
+    code_logits = model.image_logits(hidden[code_at]).float()
+    code_loss = F.cross_entropy(code_logits, targets[code_at] - vocab) if code_at.numel() else zero
     n_text, n_code = text_at.numel(), code_at.numel()
     loss = (text_loss * n_text + code_loss * n_code) / max(n_text + n_code, 1)
     parts = {"text": text_loss.detach(), "image": code_loss.detach()}
     if aux is not None:
         loss = loss + AUX_WEIGHT * aux
         parts["scene"] = aux.detach()
+    teacher = batch.get("teacher_logprobs")
+    if teacher is not None and teacher.numel():
+        student = F.log_softmax(code_logits[batch["teacher_in_code_targets"]], -1)
+        kl = (teacher.exp() * (teacher - student)).sum(-1).mean()
+        loss = loss + TEACHER_WEIGHT * kl
+        parts["teacher"] = kl.detach()
     spans = batch.get("copy_spans")
     if spans is not None and spans.numel():
         copy = copy_head_loss(seen["q"], seen["k"], spans, b, t, model.cfg.vq.num_patches**2)
         loss = loss + COPY_WEIGHT * copy
         parts["copy"] = copy.detach()
     return loss, parts
+
+
+@torch.no_grad()
+def teacher_code_logprobs(teacher: Janus, batch: dict) -> torch.Tensor:
+    """The teacher's log-probabilities of every drawn code in the rows without an echo (drawings,
+    small talk: the same tokens whatever the checkpoint), [N, codebook] in `teacher_in_code_targets`
+    order. loss_fn adds KL(teacher || model) over them: a run teaching something new (the echo)
+    keeps the drawing of a checkpoint that draws better than it can learn to on a CPU (every
+    CPU continuation so far lost drawing in its first few hundred steps, model card)."""
+    rows = batch["teacher_rows"]
+    ids = batch["ids"][rows]
+    vocab = teacher.cfg.text.vocab_size
+    flat = ids.flatten()
+    embeds = teacher.embed_tokens(flat.clamp(max=vocab - 1))
+    slots = batch["teacher_code_slots"]
+    if slots.numel():
+        embeds = embeds.index_copy(0, slots, teacher.embed_image_codes(flat[slots] - vocab).to(embeds.dtype))
+    b, t = ids.shape
+    hidden = teacher.decoder(embeds, torch.arange(t, device=ids.device).repeat(b), padded_causal_attend(b, t))
+    hidden = hidden.view(b, t, hidden.shape[-1])[:, :-1].flatten(0, 1)[batch["teacher_targets"]]
+    return F.log_softmax(teacher.image_logits(hidden).float(), -1)
 
 
 def copy_head_loss(q: torch.Tensor, k: torch.Tensor, spans: torch.Tensor, b: int, t: int, n: int) -> torch.Tensor:
@@ -704,6 +741,7 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         code_map = (torch.tensor(proc.echo.code_map) if proc.echo is not None
                     else synonym_map(model.model.vqmodel.eval())).to(cfg.device)
         print(f"drawing targets: {int((code_map.cpu() == torch.arange(len(code_map))).sum())} of {len(code_map)} codes")
+    teacher = load_teacher(cfg.teacher, init, model) if cfg.teacher is not None else None
     if cfg.vision_minutes * 60 > vision_seconds:
         vision_rng = random.Random(f"{cfg.seed}/vision/{vision_seconds}")
         vision_seconds += read_scenes(model, reader, proc, cfg.vision_minutes * 60 - vision_seconds, cfg, vision_rng)
@@ -749,7 +787,7 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
             est_total = step + int((step - first_step) / ran * (budget - elapsed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step - phase_step, est_total - phase_step, cfg)
-        losses = train_step(model, reader, opt, on_device(cpu_batch, model, proc, code_map))
+        losses = train_step(model, reader, opt, on_device(cpu_batch, model, proc, code_map), teacher)
         step += 1
         report()  # the step before this one: by now the device has finished it
         pending = {"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"], **losses}
@@ -765,6 +803,18 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
                   {"steps": step, "train_minutes": round(elapsed / 60, 1), "minutes_by_device": minutes_on})
 
 
+def load_teacher(checkpoint: Path, init: Path, model: Janus) -> Janus:
+    """A frozen checkpoint that reads the same tokens and draws the same codes as the run's model."""
+    from imagemini.models.janus import load_janus
+
+    if (checkpoint / "tokenizer.json").read_bytes() != (init / "tokenizer.json").read_bytes():
+        raise ValueError(f"teacher {checkpoint} has another tokenizer than the run")
+    teacher = load_janus(checkpoint, torch.float32).to(next(model.parameters()).device).eval()
+    if teacher.cfg.vq.num_embeddings != model.cfg.vq.num_embeddings:
+        raise ValueError(f"teacher {checkpoint} draws from another codebook than the run")
+    return teacher.requires_grad_(False)
+
+
 def make_optimizer(model: Janus, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable weights (the VQ stays frozen): decay on matrices only."""
     for p in model.model.vqmodel.parameters():
@@ -778,10 +828,13 @@ def make_optimizer(model: Janus, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def train_step(model: Janus, reader: SceneReader, opt: torch.optim.Optimizer, batch: dict) -> dict[str, torch.Tensor]:
+def train_step(model: Janus, reader: SceneReader, opt: torch.optim.Optimizer, batch: dict,
+               teacher: Janus | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step on a batch already on the device (`on_device`). The losses come back
     as device tensors: reading them waits for the step, so the caller chooses when."""
     with torch.autocast(batch["ids"].device.type, dtype=torch.bfloat16):
+        if teacher is not None:
+            batch = {**batch, "teacher_logprobs": teacher_code_logprobs(teacher, batch)}
         loss, parts = loss_fn(model, batch, reader)
         if batch.get("unnamed") is not None:
             pixels, labels = batch["unnamed"]
@@ -850,6 +903,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     parser.add_argument("--weight", action="append", default=[], metavar="TASK=W",
                         help="a task's sampling weight instead of the default mixture's (repeatable)")
+    parser.add_argument("--teacher", type=Path,
+                        help="a checkpoint whose drawing the run keeps close to (KL on the drawn codes of rows without an echo)")
     parser.add_argument("--no-echo", action="store_true", help="plain Janus prompts: no source echo (processor.py)")
     parser.add_argument("--data-workers", type=int, default=0, help="processes making batches (use several on a GPU)")
     parser.add_argument("--save-minutes", type=float, default=TrainConfig.save_minutes, help="save last.pt this often")
@@ -859,7 +914,8 @@ def main() -> None:
     cfg = TrainConfig(minutes=args.minutes, batch_tokens=args.batch_tokens, seed=args.seed,
                       text_only=args.text_only, threads=args.threads, init_from=args.init_from,
                       vision_minutes=args.vision_minutes, device=args.device, lr=args.lr, min_lr=args.min_lr,
-                      warmup_steps=args.warmup_steps, echo=not args.no_echo, weights=task_weights(args.weight), data_workers=args.data_workers, save_minutes=args.save_minutes)
+                      warmup_steps=args.warmup_steps, echo=not args.no_echo, weights=task_weights(args.weight), data_workers=args.data_workers, save_minutes=args.save_minutes,
+                      teacher=args.teacher)
     print(train(args.out, args.vq, cfg))
 
 

@@ -36,7 +36,7 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     out = tmp_path / "lm"
     cfg = lm.TrainConfig(minutes=10, batch_tokens=3000, lr=3e-3, warmup_steps=5, vocab_size=600,
                          tokenizer_examples=2000, max_steps=30, threads=1, vision_minutes=0.05)
-    lm.train(out, toy, cfg)
+    first_checkpoint = lm.train(out, toy, cfg)
     first = losses(out)
     assert len(first) == 30
     assert any("scene" in row for row in first)  # the scene reader saw user images
@@ -49,8 +49,11 @@ def test_tiny_run_lowers_the_loss_resumes_and_exports(toy, tmp_path):
     assert state["step"] == 30 and "reader" in state
     assert state["vision_seconds"] >= 3  # the vision warm-up ran first, for its budget
 
-    checkpoint = lm.train(out, toy, lm.TrainConfig(**{**cfg.__dict__, "max_steps": 35}))
+    # Going on with a teacher (here the export of step 30), drawings mostly: its KL joins the losses.
+    more = {"max_steps": 35, "teacher": first_checkpoint, "weights": {"draw": 20.0}}
+    checkpoint = lm.train(out, toy, lm.TrainConfig(**{**cfg.__dict__, **more}))
     assert [r["step"] for r in losses(out)][30:] == [31, 32, 33, 34, 35]  # went on from step 30
+    assert any("teacher" in row for row in losses(out)[30:]) and not any("teacher" in row for row in first)
     assert torch.load(out / "last.pt", weights_only=False)["vision_seconds"] == state["vision_seconds"]  # not again
     model = load_janus(checkpoint, torch.float32)
     assert json.loads((checkpoint / "training.json").read_text())["steps"] == 35
@@ -321,6 +324,63 @@ def copy_reference(model, ids, embeds, rows) -> float:
             scores = seen["k"][r, : query + 1, lm.COPY_HEAD] @ seen["q"][r, query, lm.COPY_HEAD] / model.cfg.text.head_dim**0.5
             losses.append(-F.log_softmax(scores, 0)[echo[i]].item())
     return sum(losses) / len(losses)
+
+
+def test_the_teacher_scores_the_drawn_codes_of_rows_without_an_echo(echo_checkpoint):
+    """KL(teacher || model) over every drawn code of a row with no picture (so no echo): here the
+    teacher reads each such sample alone, unpadded, and the model's own distributions come from a
+    plain per-sample pass; rows with an echo (edits) are left out, their codes counted nowhere."""
+    import random
+
+    import torch.nn.functional as F
+
+    from imagemini.models.processor import Processor
+    from imagemini.world.tasks import generate
+
+    model, proc = load_janus(echo_checkpoint, torch.float32), Processor.from_dir(echo_checkpoint)
+    teacher = lm.load_teacher(Path(lm.__file__).parents[1] / "models" / "bundled", echo_checkpoint, model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a teacher that differs from the model (the bundled one is the same weights)
+        for p in teacher.model.generation_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples = generate(random.Random(4), 10, tasks={"draw": 1.0, "edit_add": 1.0, "describe": 1.0})
+    samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
+    assert any(s.echo_image is None and s.drawn_images for s in samples) and any(s.echo_image for s in samples)
+    batch = lm.on_device(lm.Collator(proc, random.Random(1), grid=16)(samples), model, proc, None)
+    with torch.no_grad():
+        base, _ = lm.loss_fn(model, batch)
+        batch["teacher_logprobs"] = lm.teacher_code_logprobs(teacher, batch)
+        loss, parts = lm.loss_fn(model, batch)
+
+        vocab, kls = model.cfg.text.vocab_size, []
+        for r, sample in enumerate(samples):
+            ids = batch["ids"][r, : len(sample.ids)][None]
+            drawn = (ids[0] >= vocab).nonzero().squeeze(1)
+            if sample.echo_image is not None or not drawn.numel():
+                continue  # an unconditional drawing (its prompt padded out) is scored as it stands
+
+            def logprobs(net):
+                embeds = net.input_embeddings(ids)
+                return F.log_softmax(net.image_logits(net.hidden_states(embeds)[0, drawn - 1]).float(), -1)
+
+            want, got = logprobs(teacher), logprobs(model)
+            kls += (want.exp() * (want - got)).sum(-1).tolist()
+    plain_codes = sum(256 * len(s.drawn_images) for s in samples if s.echo_image is None)
+    assert batch["teacher_logprobs"].shape[0] == plain_codes == len(kls)
+    assert parts["teacher"].item() == pytest.approx(sum(kls) / len(kls), rel=1e-4) and parts["teacher"] > 0
+    assert loss.item() == pytest.approx(base.item() + lm.TEACHER_WEIGHT * parts["teacher"].item(), rel=1e-5)
+
+
+def test_a_teacher_must_read_the_runs_tokens(echo_checkpoint, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(echo_checkpoint, other)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"] = {k + "x": v for k, v in tokenizer["model"]["vocab"].items()}
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        lm.load_teacher(other, echo_checkpoint, load_janus(echo_checkpoint, torch.float32))
 
 
 def test_task_weights_replace_the_default_mixture_and_reject_unknown_tasks():
