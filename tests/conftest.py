@@ -1,5 +1,5 @@
 """Shared fixtures: the random Janus test checkpoint (built once per test session), the bundled
-checkpoint with a source echo."""
+checkpoint with a source echo and without one."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def echo_checkpoint(tmp_path_factory) -> Path:
     """The bundled checkpoint with an echo.json whose map is not the identity (so a missing
-    mapping shows)."""
+    mapping shows): its own, or one made up for a bundled checkpoint without."""
     out = tmp_path_factory.mktemp("echo-ckpt")
     for f in BUNDLED.iterdir():
         if f.is_file():
@@ -31,4 +31,14 @@ def echo_checkpoint(tmp_path_factory) -> Path:
     if not (out / ECHO_FILE).exists():
         size = json.loads((out / "config.json").read_text())["vq_config"]["num_embeddings"]
         EchoConfig("<|Assistant|>", tuple((c * 7 + 3) % size for c in range(size))).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def plain_checkpoint(tmp_path_factory) -> Path:
+    """The bundled weights as a plain Janus checkpoint: no echo.json, so no source echo."""
+    out = tmp_path_factory.mktemp("plain-ckpt")
+    for f in BUNDLED.iterdir():
+        if f.is_file() and f.name != ECHO_FILE:
+            shutil.copy(f, out / f.name)
     return out

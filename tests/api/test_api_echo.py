@@ -9,7 +9,6 @@ import base64
 import io
 import random
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +20,10 @@ from imagemini.api.media import MediaReader
 from imagemini.api.routes import parse_chat_request
 from imagemini.api.settings import ServerSettings
 from imagemini.models.janus import load_janus
-from imagemini.models.processor import ECHO_FILE, EchoConfig, Processor
+from imagemini.models.processor import EchoConfig, Processor
 from imagemini.train import lm
 from imagemini.train.vq import to_pixels
 from imagemini.world.tasks import Example, ImageRef, generate
-
-BUNDLED = Path(lm.__file__).parents[1] / "models" / "bundled"
 
 
 def _data_url(ref: ImageRef) -> str:
@@ -102,7 +99,7 @@ def test_the_echo_sits_a_fixed_distance_before_the_drawn_image(echo_checkpoint):
     assert len(distances) == 1
 
 
-def test_echo_placement_and_checks(echo_checkpoint):
+def test_echo_placement_and_checks(echo_checkpoint, plain_checkpoint):
     proc = Processor.from_dir(echo_checkpoint)
     tok, s = proc.tokenizer, proc.tokenizer.special
     assistant = tok._tok.token_to_id(lm.ECHO_BEFORE)
@@ -110,9 +107,7 @@ def test_echo_placement_and_checks(echo_checkpoint):
     assert proc.with_echo(ids, [900, 901]) == [s.bos, 10, assistant, 11, 12, s.boi, 900, 901, s.eoi, assistant, 13]
     with pytest.raises(ValueError, match="nowhere"):
         proc.with_echo([s.bos, 10], [900])
-    plain = Processor.from_dir(BUNDLED) if not (BUNDLED / ECHO_FILE).exists() else None
-    if plain is not None:  # no echo.json: plain Janus prompts
-        assert plain.with_echo(ids, [900]) == ids
+    assert Processor.from_dir(plain_checkpoint).with_echo(ids, [900]) == ids  # no echo.json: plain Janus prompts
     bad = echo_checkpoint.parent / "bad-echo"
     shutil.copytree(echo_checkpoint, bad, dirs_exist_ok=True)
     EchoConfig("<no such token>", proc.echo.code_map).save(bad)

@@ -204,7 +204,7 @@ def test_a_state_without_optimizer_starts_a_new_warmed_up_phase_made_by_data_wor
 
 
 @pytest.mark.parametrize("echo", [False, True])
-def test_echoed_and_drawn_images_get_their_own_codes_in_order(monkeypatch, echo_checkpoint, echo):
+def test_echoed_and_drawn_images_get_their_own_codes_in_order(monkeypatch, echo_checkpoint, plain_checkpoint, echo):
     """Collator leaves -1 where an echoed or drawn image's codes go; on_device fills each run with
     the VQ codes of that sample's image, in order (nothing shifted between samples or images): the
     echo (the source picture) first, then the drawn one. An unconditional row has no echo."""
@@ -215,7 +215,7 @@ def test_echoed_and_drawn_images_get_their_own_codes_in_order(monkeypatch, echo_
     from imagemini.models.processor import Processor
     from imagemini.world.tasks import generate
 
-    checkpoint = echo_checkpoint if echo else Path(lm.__file__).parents[1] / "models" / "bundled"
+    checkpoint = echo_checkpoint if echo else plain_checkpoint
     model, proc = load_janus(checkpoint, torch.float32), Processor.from_dir(checkpoint)
     assert (proc.echo is not None) == echo
     examples = generate(random.Random(5), 12, tasks={"draw": 1.0, "edit_move": 1.0})
@@ -246,7 +246,7 @@ def test_echoed_and_drawn_images_get_their_own_codes_in_order(monkeypatch, echo_
 
 @pytest.mark.parametrize("echo", [False, True])
 @pytest.mark.parametrize("uncond_rate", [0.0, 1.0])
-def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, uncond_rate, echo):
+def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, plain_checkpoint, uncond_rate, echo):
     """loss_fn finds code inputs, image placeholders and targets through the Collator's flat
     position lists; here they are found again the plain way (masks over the padded batch, the
     targets of each sample from its own ids) and the two losses must agree."""
@@ -258,7 +258,7 @@ def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, 
     from imagemini.world.tasks import generate
 
     monkeypatch.setattr(lm, "UNCOND_RATE", uncond_rate)
-    checkpoint = echo_checkpoint if echo else Path(lm.__file__).parents[1] / "models" / "bundled"
+    checkpoint = echo_checkpoint if echo else plain_checkpoint
     model, proc = load_janus(checkpoint, torch.float32), Processor.from_dir(checkpoint)
     examples = generate(random.Random(3), 10, tasks={"draw": 1.0, "edit_recolor": 1.0, "describe": 1.0, "count": 1.0})
     samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
