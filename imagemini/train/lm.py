@@ -439,17 +439,24 @@ def on_device(batch: dict, model: Janus, proc: Processor, code_map: torch.Tensor
     return moved
 
 
+def _embed(model: Janus, ids: torch.Tensor, code_slots: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids -> [B * T, hidden] embeddings; the flat positions in code_slots hold image codes
+    (ids from the text vocabulary size up), embedded as drawn codes are."""
+    vocab = model.cfg.text.vocab_size
+    flat_ids = ids.flatten()
+    embeds = model.embed_tokens(flat_ids.clamp(max=vocab - 1))
+    if code_slots.numel():
+        codes = model.embed_image_codes(flat_ids[code_slots] - vocab).to(embeds.dtype)
+        embeds = embeds.index_copy(0, code_slots, codes)
+    return embeds
+
+
 def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tuple[torch.Tensor, dict]:
     """Mean cross-entropy over the text and image-code targets (plus the scene reader's loss).
     The parts come back as tensors: reading them is the caller's choice of when to wait."""
     ids = batch["ids"]
     vocab = model.cfg.text.vocab_size
-    flat_ids = ids.flatten()
-    embeds = model.embed_tokens(flat_ids.clamp(max=vocab - 1))
-    code_slots = batch["code_slots"]
-    if code_slots.numel():
-        codes = model.embed_image_codes(flat_ids[code_slots] - vocab).to(embeds.dtype)
-        embeds = embeds.index_copy(0, code_slots, codes)
+    embeds = _embed(model, ids, batch["code_slots"])
     aux = None
     if batch["pixels"] is not None:
         encoded = model.encode_images(batch["pixels"])
@@ -504,14 +511,8 @@ def teacher_code_logprobs(teacher: Janus, batch: dict) -> torch.Tensor:
     order. loss_fn adds KL(teacher || model) over them: a run teaching something new (the echo)
     keeps the drawing of a checkpoint that draws better than it can learn to on a CPU (every
     CPU continuation so far lost drawing in its first few hundred steps, model card)."""
-    rows = batch["teacher_rows"]
-    ids = batch["ids"][rows]
-    vocab = teacher.cfg.text.vocab_size
-    flat = ids.flatten()
-    embeds = teacher.embed_tokens(flat.clamp(max=vocab - 1))
-    slots = batch["teacher_code_slots"]
-    if slots.numel():
-        embeds = embeds.index_copy(0, slots, teacher.embed_image_codes(flat[slots] - vocab).to(embeds.dtype))
+    ids = batch["ids"][batch["teacher_rows"]]
+    embeds = _embed(teacher, ids, batch["teacher_code_slots"])
     b, t = ids.shape
     hidden = teacher.decoder(embeds, torch.arange(t, device=ids.device).repeat(b), padded_causal_attend(b, t))
     hidden = hidden.view(b, t, hidden.shape[-1])[:, :-1].flatten(0, 1)[batch["teacher_targets"]]
