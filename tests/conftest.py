@@ -20,14 +20,18 @@ def tiny_checkpoint(tmp_path_factory):
     return random_fixture.build(tmp_path_factory.mktemp("tiny-janus"), size="tiny", seed=0)
 
 
+def _bundled_copy(out: Path, with_echo: bool) -> Path:
+    for f in BUNDLED.iterdir():
+        if f.is_file() and (with_echo or f.name != ECHO_FILE):
+            shutil.copy(f, out / f.name)
+    return out
+
+
 @pytest.fixture(scope="session")
 def echo_checkpoint(tmp_path_factory) -> Path:
     """The bundled checkpoint with an echo.json whose map is not the identity (so a missing
     mapping shows): its own, or one made up for a bundled checkpoint without."""
-    out = tmp_path_factory.mktemp("echo-ckpt")
-    for f in BUNDLED.iterdir():
-        if f.is_file():
-            shutil.copy(f, out / f.name)
+    out = _bundled_copy(tmp_path_factory.mktemp("echo-ckpt"), with_echo=True)
     if not (out / ECHO_FILE).exists():
         size = json.loads((out / "config.json").read_text())["vq_config"]["num_embeddings"]
         EchoConfig("<|Assistant|>", tuple((c * 7 + 3) % size for c in range(size))).save(out)
@@ -37,8 +41,4 @@ def echo_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def plain_checkpoint(tmp_path_factory) -> Path:
     """The bundled weights as a plain Janus checkpoint: no echo.json, so no source echo."""
-    out = tmp_path_factory.mktemp("plain-ckpt")
-    for f in BUNDLED.iterdir():
-        if f.is_file() and f.name != ECHO_FILE:
-            shutil.copy(f, out / f.name)
-    return out
+    return _bundled_copy(tmp_path_factory.mktemp("plain-ckpt"), with_echo=False)

@@ -513,9 +513,8 @@ def teacher_code_logprobs(teacher: Janus, batch: dict) -> torch.Tensor:
     CPU continuation so far lost drawing in its first few hundred steps, model card)."""
     ids = batch["ids"][batch["teacher_rows"]]
     embeds = _embed(teacher, ids, batch["teacher_code_slots"])
-    b, t = ids.shape
-    hidden = teacher.decoder(embeds, torch.arange(t, device=ids.device).repeat(b), padded_causal_attend(b, t))
-    hidden = hidden.view(b, t, hidden.shape[-1])[:, :-1].flatten(0, 1)[batch["teacher_targets"]]
+    embeds = embeds.view(*ids.shape, embeds.shape[-1])  # (not -1: a batch may have no such row)
+    hidden = teacher.hidden_states(embeds)[:, :-1].flatten(0, 1)[batch["teacher_targets"]]
     return F.log_softmax(teacher.image_logits(hidden).float(), -1)
 
 

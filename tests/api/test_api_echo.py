@@ -102,7 +102,7 @@ def test_the_echo_sits_a_fixed_distance_before_the_drawn_image(echo_checkpoint):
 def test_echo_placement_and_checks(echo_checkpoint, plain_checkpoint):
     proc = Processor.from_dir(echo_checkpoint)
     tok, s = proc.tokenizer, proc.tokenizer.special
-    assistant = tok._tok.token_to_id(lm.ECHO_BEFORE)
+    assistant = tok.token_id(lm.ECHO_BEFORE)
     ids = [s.bos, 10, assistant, 11, 12, assistant, 13]
     assert proc.with_echo(ids, [900, 901]) == [s.bos, 10, assistant, 11, 12, s.boi, 900, 901, s.eoi, assistant, 13]
     with pytest.raises(ValueError, match="nowhere"):

@@ -326,7 +326,7 @@ def copy_reference(model, ids, embeds, rows) -> float:
     return sum(losses) / len(losses)
 
 
-def test_the_teacher_scores_the_drawn_codes_of_rows_without_an_echo(echo_checkpoint):
+def test_the_teacher_scores_the_drawn_codes_of_rows_without_an_echo(echo_checkpoint, plain_checkpoint):
     """KL(teacher || model) over every drawn code of a row with no picture (so no echo): here the
     teacher reads each such sample alone, unpadded, and the model's own distributions come from a
     plain per-sample pass; rows with an echo (edits) are left out, their codes counted nowhere."""
@@ -338,7 +338,7 @@ def test_the_teacher_scores_the_drawn_codes_of_rows_without_an_echo(echo_checkpo
     from imagemini.world.tasks import generate
 
     model, proc = load_janus(echo_checkpoint, torch.float32), Processor.from_dir(echo_checkpoint)
-    teacher = lm.load_teacher(Path(lm.__file__).parents[1] / "models" / "bundled", echo_checkpoint, model)
+    teacher = lm.load_teacher(plain_checkpoint, echo_checkpoint, model)
     torch.manual_seed(0)
     with torch.no_grad():  # a teacher that differs from the model (the bundled one is the same weights)
         for p in teacher.model.generation_head.parameters():
