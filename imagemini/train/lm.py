@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -547,19 +548,23 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     init = out / "init"
     if (init / "config.json").exists():
         return init
-    if cfg.init_from is not None:  # token ids must stay those the weights were trained with
-        import shutil
-
+    if cfg.init_from is not None:
+        # Token ids, and the codes the echo and the drawn targets name, must stay those the
+        # weights were trained with: recomputing the code map from the 16-bit VQ moves ~40 codes.
         init.mkdir(parents=True, exist_ok=True)
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(cfg.init_from / name, init / name)
+        if cfg.echo and not cfg.text_only and (cfg.init_from / ECHO_FILE).exists():
+            shutil.copy(cfg.init_from / ECHO_FILE, init / ECHO_FILE)
     else:
         rng = random.Random(cfg.seed)
         tok = tokenizer_stage.train_tokenizer((render_text(e) for e in generate(rng, cfg.tokenizer_examples)), cfg.vocab_size)
         tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
     loaded = Tokenizer.from_dir(init)
     special = {k: getattr(loaded.special, k) for k in ("bos", "eos", "pad", "image", "boi", "eoi")}
-    config = janus_config_dict(loaded.vocab_size, _vq_config(vq_dir), special)
+    vq_config = (json.loads((cfg.init_from / "config.json").read_text())["vq_config"] if cfg.init_from is not None
+                 else _vq_config(vq_dir))
+    config = janus_config_dict(loaded.vocab_size, vq_config, special)
     (init / "config.json").write_text(json.dumps(config, indent=2))
     image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     (init / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_dict(), indent=2))
@@ -575,10 +580,10 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     }, indent=2))
     torch.manual_seed(cfg.seed)
     model = Janus(JanusConfig.from_dict(config))
-    if cfg.echo and not cfg.text_only:
+    if cfg.echo and not cfg.text_only and not (init / ECHO_FILE).exists():
         from .vq import synonym_map
 
-        load_trained_vq(model, init, vq_dir)
+        load_trained_vq(model, init, vq_dir, cfg.init_from)
         code_map = synonym_map(model.model.vqmodel.eval()).tolist()
         EchoConfig(before_token=ECHO_BEFORE, code_map=tuple(code_map)).save(init)
     save_weights(model, init)
@@ -592,9 +597,15 @@ def _vq_config(vq_dir: Path) -> dict:
     return json.loads(file.read_text()) if file.exists() else dict(BUNDLED_VQ_CONFIG)
 
 
-def load_trained_vq(model: Janus, init: Path, vq_dir: Path) -> None:
-    """Put the stage-1 image tokenizer (frozen) into the model; its architecture must be the one
-    the checkpoint was initialised with."""
+def load_trained_vq(model: Janus, init: Path, vq_dir: Path, parent: Path | None = None) -> None:
+    """Put the image tokenizer (frozen) into the model: the parent checkpoint's in a run from
+    --init-from (stage 1's output need not exist), else stage 1's, whose architecture must be the
+    one the checkpoint was initialised with."""
+    if parent is not None:
+        prefix = "model.vqmodel."
+        weights = load_file(str(parent / "model.safetensors"))
+        model.model.vqmodel.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        return
     planned = json.loads((init / "config.json").read_text())["vq_config"]
     trained = _vq_config(vq_dir)
     differs = {k: (planned.get(k), v) for k, v in trained.items() if k in planned and planned[k] != v}
@@ -736,7 +747,7 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     if not cfg.text_only:
         from .vq import synonym_map
 
-        load_trained_vq(model, init, vq_dir)
+        load_trained_vq(model, init, vq_dir, cfg.init_from)
         # With an echo, its saved map: drawn targets and echoes must name each code alike.
         code_map = (torch.tensor(proc.echo.code_map) if proc.echo is not None
                     else synonym_map(model.model.vqmodel.eval())).to(cfg.device)
@@ -860,8 +871,6 @@ def _save_state(out: Path, model: Janus, opt, step: int, elapsed: float, rng: ra
 
 def export(model: Janus, init: Path, dest: Path, info: dict) -> Path:
     """A Hugging Face-format checkpoint directory with bf16 weights."""
-    import shutil
-
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
                  "generation_config.json"):

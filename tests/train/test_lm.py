@@ -111,6 +111,33 @@ def test_a_continued_run_keeps_its_parents_sampling_defaults(toy, tmp_path):
     assert kept["generation_kwargs"] == written["generation_kwargs"]
 
 
+def test_a_continued_run_needs_no_stage_1_output_and_keeps_its_parents_vq_and_code_map(toy, tmp_path):
+    """--init-from takes the image tokenizer and the echo's code map from the parent checkpoint:
+    stage 1's output may be gone (a fresh clone), and the map cannot be recomputed from a 16-bit
+    VQ without moving codes the weights were trained to draw."""
+    from safetensors.torch import load_file, save_file
+
+    from imagemini.models.processor import EchoConfig
+
+    cfg = lm.TrainConfig(vocab_size=600, tokenizer_examples=2000, threads=1, batch_tokens=3000, max_steps=2)
+    parent = lm.prepare_checkpoint_dir(tmp_path / "parent", toy, cfg)
+    weights = load_file(str(parent / "model.safetensors"))
+    codebook = "model.vqmodel.quantize.embedding.weight"
+    weights[codebook] = weights[codebook] + 0.5  # a VQ that stage 1's output does not hold
+    save_file(weights, str(parent / "model.safetensors"))
+    echo = EchoConfig.from_dir(parent)
+    code_map = tuple(reversed(range(len(echo.code_map))))  # no map synonym_map would give
+    EchoConfig(echo.before_token, code_map).save(parent)
+
+    import dataclasses
+
+    child = lm.train(tmp_path / "child", tmp_path / "no-stage-1", dataclasses.replace(cfg, init_from=parent))
+    assert EchoConfig.from_dir(child).code_map == code_map
+    exported = load_file(str(child / "model.safetensors"))
+    vq = [k for k in weights if k.startswith("model.vqmodel.")]
+    assert vq and all(torch.equal(exported[k].float(), weights[k].bfloat16().float()) for k in vq)
+
+
 def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
     import random
 
