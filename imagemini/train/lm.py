@@ -898,7 +898,7 @@ def task_weights(pairs: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="train the bundled Janus model (stage 2)")
-    parser.add_argument("--vq", type=Path, default=Path("runs/vq"), help="stage-1 output (vq.safetensors)")
+    parser.add_argument("--vq", type=Path, default=Path("runs/vq"), help="stage-1 output (vq.safetensors); a run from --init-from uses its parent's VQ instead")
     parser.add_argument("--out", type=Path, default=Path("runs/lm"))
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--batch-tokens", type=int, default=12_000)
