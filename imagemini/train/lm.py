@@ -583,7 +583,10 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     if cfg.echo and not cfg.text_only and not (init / ECHO_FILE).exists():
         from .vq import synonym_map
 
-        load_trained_vq(model, init, vq_dir, cfg.init_from)
+        if cfg.init_from is not None:
+            warm_start(model, cfg.init_from)  # its VQ: stage 1's output need not exist
+        else:
+            load_trained_vq(model, init, vq_dir)
         code_map = synonym_map(model.model.vqmodel.eval()).tolist()
         EchoConfig(before_token=ECHO_BEFORE, code_map=tuple(code_map)).save(init)
     save_weights(model, init)
@@ -597,15 +600,9 @@ def _vq_config(vq_dir: Path) -> dict:
     return json.loads(file.read_text()) if file.exists() else dict(BUNDLED_VQ_CONFIG)
 
 
-def load_trained_vq(model: Janus, init: Path, vq_dir: Path, parent: Path | None = None) -> None:
-    """Put the image tokenizer (frozen) into the model: the parent checkpoint's in a run from
-    --init-from (stage 1's output need not exist), else stage 1's, whose architecture must be the
-    one the checkpoint was initialised with."""
-    if parent is not None:
-        prefix = "model.vqmodel."
-        weights = load_file(str(parent / "model.safetensors"))
-        model.model.vqmodel.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
-        return
+def load_trained_vq(model: Janus, init: Path, vq_dir: Path) -> None:
+    """Put the stage-1 image tokenizer (frozen) into the model; its architecture must be the one
+    the checkpoint was initialised with."""
     planned = json.loads((init / "config.json").read_text())["vq_config"]
     trained = _vq_config(vq_dir)
     differs = {k: (planned.get(k), v) for k, v in trained.items() if k in planned and planned[k] != v}
@@ -747,7 +744,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     if not cfg.text_only:
         from .vq import synonym_map
 
-        load_trained_vq(model, init, vq_dir, cfg.init_from)
+        if cfg.init_from is None:  # from --init-from, warm_start (or the state) holds the parent's VQ
+            load_trained_vq(model, init, vq_dir)
         # With an echo, its saved map: drawn targets and echoes must name each code alike.
         code_map = (torch.tensor(proc.echo.code_map) if proc.echo is not None
                     else synonym_map(model.model.vqmodel.eval())).to(cfg.device)
