@@ -6,8 +6,9 @@ Measured in this process with the classes the server uses (media.MediaReader, en
 for one image sent as a base64 data URL, the time from the request's image part to its encoder
 output, median of `--repeats` runs:
 - miss: base64 decode + hash, image decode, the checkpoint's preprocessing, the vision encoder
-  (a cold cache each run);
-- hit: base64 decode + hash, then the cache lookup (no decode, no encoder).
+  and, on a checkpoint with a source echo (processor.py), the VQ encoding of that echo (a cold
+  cache each run);
+- hit: base64 decode + hash, then the cache lookups (no decode, no encoder).
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ def main(args: argparse.Namespace | None = None) -> dict:
     data = picture(args.side)
     ref = ImageRef("data:image/jpeg;base64," + base64.b64encode(data).decode(), None, "bench")
 
+    echo_prompt = [engine.tokenizer.token_id(processor.echo.before_token)] if processor.echo else None
+
     def run(cache: EncoderCache) -> None:
-        VisionEncoder(engine.model, processor, cache).features([reader.image(ref)])
+        vision, image = VisionEncoder(engine.model, processor, cache), reader.image(ref)
+        vision.features([image])
+        if echo_prompt is not None:
+            vision.with_echo(echo_prompt, [image])
 
     run(EncoderCache(1 << 30))  # warm-up
     misses = [_time(lambda: run(EncoderCache(1 << 30))) for _ in range(args.repeats)]
@@ -77,10 +83,11 @@ def main(args: argparse.Namespace | None = None) -> dict:
     stats = warm.stats()
     size = Image.open(io.BytesIO(data)).size
     print(f"checkpoint {path}  dtype {args.dtype}  image {size[0]}x{size[1]} JPEG ({len(data)} bytes)  "
-          f"encoder input {processor.image_cfg.size}px, {processor.num_image_tokens} tokens  threads {torch.get_num_threads()}")
+          f"encoder input {processor.image_cfg.size}px, {processor.num_image_tokens} tokens  threads {torch.get_num_threads()}"
+          f"{'  source echo: VQ-encoded on a miss' if echo_prompt else ''}")
     print(f"encoder cache miss {miss * 1e3:8.2f} ms   hit {hit * 1e3:8.2f} ms   speed-up {miss / hit:6.1f}x   "
           f"(hits {stats['hits']}, misses {stats['misses']}, {stats['bytes']} bytes cached)")
-    return {"miss_s": miss, "hit_s": hit, "cache": stats}
+    return {"miss_s": miss, "hit_s": hit, "cache": stats, "echo": echo_prompt is not None}
 
 
 if __name__ == "__main__":
