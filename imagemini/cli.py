@@ -221,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     bench_draw.add_arguments(d)
     d.set_defaults(func=cmd_bench)
 
+    from imagemini.bench import picture as bench_picture
+
+    pic = bench.add_parser("picture", help="latency of a chat with a picture through the server (new vs resent)")
+    bench_picture.add_arguments(pic)
+    pic.set_defaults(func=cmd_bench)
+
     from imagemini.bench import train as bench_train
 
     t = bench.add_parser("train", help="training steps/s and tokens/s of the recipe's stage 2 on a device")

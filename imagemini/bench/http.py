@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -35,16 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(args: argparse.Namespace) -> None:
-    path = args.model or random_fixture.cached_small()
-    engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
-    threads = torch.get_num_threads()
-    server_threads = args.engine_threads or max(1, len(os.sched_getaffinity(0)) - 1)  # serve's default
-    eos = engine.tokenizer.special.eos
+@contextlib.contextmanager
+def served(path, dtype: str, engine_threads: int | None = None):
+    """`imagemini serve --model path` as a subprocess, ready: yields (base URL, model id)."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", args.dtype,
-         *(["--engine-threads", str(args.engine_threads)] if args.engine_threads else [])],
+        [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", dtype,
+         *(["--engine-threads", str(engine_threads)] if engine_threads else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
     )
     base = f"http://127.0.0.1:{port}"
@@ -55,7 +53,21 @@ def main(args: argparse.Namespace) -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        model_id = models["data"][0]["id"]
+        else:
+            raise RuntimeError(f"imagemini serve --model {path} did not answer in 60 s")
+        yield base, models["data"][0]["id"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main(args: argparse.Namespace) -> None:
+    path = args.model or random_fixture.cached_small()
+    engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
+    threads = torch.get_num_threads()
+    server_threads = args.engine_threads or max(1, len(os.sched_getaffinity(0)) - 1)  # serve's default
+    eos = engine.tokenizer.special.eos
+    with served(path, args.dtype, args.engine_threads) as (base, model_id):
         print(f"checkpoint {path}  dtype {args.dtype}  new tokens/request {args.max_tokens}  "
               f"threads: here {threads}, server's engine {server_threads}")
         print(f"{'concurrency':>11} {'engine tok/s':>13} {f'@{server_threads} threads':>13} {'http tok/s':>11} "
@@ -69,9 +81,6 @@ def main(args: argparse.Namespace) -> None:
             http = asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id))
             print(f"{c:>11} {alone:>13.1f} {alone_as_served:>13.1f} {http:>11.1f} {http / alone:>11.0%} "
                   f"{http / alone_as_served:>12.0%}", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, model_id: str) -> float:
