@@ -53,12 +53,12 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller in the same process keeps its own mode
 def main(args: argparse.Namespace | None = None) -> dict:
     if args is None:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         add_arguments(parser)
         args = parser.parse_args()
-    torch.set_grad_enabled(False)
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     processor = Processor.from_dir(path, engine.tokenizer)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from imagemini.bench import images
 
 
 def _bench(model) -> dict:
-    return images.main(argparse.Namespace(model=model, dtype="bfloat16", side=128, repeats=2))
+    result = images.main(argparse.Namespace(model=model, dtype="bfloat16", side=128, repeats=2))
+    assert torch.is_grad_enabled(), "the bench turned autograd off for the rest of the process"
+    return result
 
 
 def test_a_miss_with_a_source_echo_encodes_features_and_echo_and_a_resend_hits_both(echo_checkpoint):
