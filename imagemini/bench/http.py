@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import torch
@@ -36,8 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def sse_chunk(line: str) -> dict | None:
+    """One line of a chat completion stream -> its chunk; None for blank lines and `[DONE]`."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    return json.loads(line[6:])
+
+
 @contextlib.contextmanager
-def served(path, dtype: str, engine_threads: int | None = None):
+def served(path: Path | str, dtype: str, engine_threads: int | None = None):
     """`imagemini serve --model path` as a subprocess, ready: yields (base URL, model id)."""
     port = _free_port()
     server = subprocess.Popen(
@@ -95,10 +103,9 @@ async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, mo
         async with client.stream("POST", url, json=body) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    chunk = json.loads(line[6:])
-                    if chunk.get("usage"):
-                        tokens = chunk["usage"]["completion_tokens"]
+                chunk = sse_chunk(line)
+                if chunk is not None and chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
         return tokens
 
     async with httpx.AsyncClient(timeout=300) as client:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import random
 import shutil
 import statistics
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from imagemini.bench.http import served
-from imagemini.models.processor import ECHO_FILE
+from imagemini.bench.http import served, sse_chunk
+from imagemini.models.processor import ECHO_FILE, EchoConfig
 from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render, sample_scene
 
@@ -57,9 +56,9 @@ def ask(client: httpx.Client, base: str, model_id: str, url: str, max_tokens: in
     with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            chunk = sse_chunk(line)
+            if chunk is None:
                 continue
-            chunk = json.loads(line[6:])
             if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - start
             usage = chunk.get("usage") or usage
@@ -72,14 +71,14 @@ def bench_checkpoint(path: Path, args: argparse.Namespace) -> dict:
         ask(client, base, model_id, picture_url(-1), 4, eos)  # warm-up
         new = [ask(client, base, model_id, picture_url(i), args.max_tokens, eos) for i in range(args.repeats)]
         again = [ask(client, base, model_id, picture_url(0), args.max_tokens, eos) for _ in range(args.repeats)]
-    median = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    timings = {f"{label}_{k}": statistics.median(r[k] for r in rows)
+               for label, rows in (("new", new), ("again", again)) for k in ("first_s", "total_s")}
     return {"prompt_tokens": new[0]["usage"]["prompt_tokens"], "completion_tokens": new[0]["usage"]["completion_tokens"],
-            "new_first_s": median(new, "first_s"), "new_total_s": median(new, "total_s"),
-            "again_first_s": median(again, "first_s"), "again_total_s": median(again, "total_s")}
+            **timings}
 
 
 def main(args: argparse.Namespace) -> dict[str, dict]:
-    echo = (args.model / ECHO_FILE).exists()
+    echo = EchoConfig.from_dir(args.model) is not None
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"echo" if echo else "plain": args.model}
         if args.plain and echo:
