@@ -97,6 +97,7 @@ class TrainConfig:
     data_workers: int = 0  # processes making batches (a GPU needs several; 0: made here, resumes exactly)
     save_minutes: float = 5.0  # last.pt this often
     teacher: Path | None = None  # a checkpoint whose drawing the run keeps close to (teacher_code_logprobs)
+    text_layers: int | None = None  # decoder depth; None: TEXT's, or the parent's (deeper than it: warm_start grows it)
 
     weights: dict[str, float] = field(default_factory=dict)  # task weights replacing task_mixture()'s
 
@@ -110,8 +111,9 @@ class TrainConfig:
         return mixture
 
 
-def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int]) -> dict:
-    hidden = TEXT["hidden_size"]
+def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int], layers: int | None = None) -> dict:
+    text = {**TEXT, **({"num_hidden_layers": layers} if layers else {})}
+    hidden = text["hidden_size"]
     grid = IMAGE_SIZE // VISION["patch_size"]
     vq = {**vq_config, "model_type": "janus_vqgan", "projection_dim": hidden, "image_token_embed_dim": hidden}
     return {
@@ -120,7 +122,7 @@ def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int])
         "image_token_id": special["image"],
         "tie_word_embeddings": False,
         "text_config": {
-            "model_type": "llama", "vocab_size": vocab_size, **TEXT, "head_dim": hidden // TEXT["num_attention_heads"],
+            "model_type": "llama", "vocab_size": vocab_size, **text, "head_dim": hidden // text["num_attention_heads"],
             "max_position_embeddings": MAX_LENGTH, "rms_norm_eps": 1e-6,
             "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
             "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
@@ -562,9 +564,10 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
         tokenizer_stage.save_tokenizer_files(tok, init, max_length=MAX_LENGTH)
     loaded = Tokenizer.from_dir(init)
     special = {k: getattr(loaded.special, k) for k in ("bos", "eos", "pad", "image", "boi", "eoi")}
-    vq_config = (json.loads((cfg.init_from / "config.json").read_text())["vq_config"] if cfg.init_from is not None
-                 else _vq_config(vq_dir))
-    config = janus_config_dict(loaded.vocab_size, vq_config, special)
+    parent = json.loads((cfg.init_from / "config.json").read_text()) if cfg.init_from is not None else None
+    vq_config = parent["vq_config"] if parent is not None else _vq_config(vq_dir)
+    layers = cfg.text_layers or (parent["text_config"]["num_hidden_layers"] if parent is not None else None)
+    config = janus_config_dict(loaded.vocab_size, vq_config, special, layers)
     (init / "config.json").write_text(json.dumps(config, indent=2))
     image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
     (init / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_dict(), indent=2))
@@ -613,13 +616,36 @@ def load_trained_vq(model: Janus, init: Path, vq_dir: Path) -> None:
 
 def warm_start(model: Janus, checkpoint: Path) -> None:
     """Copy every tensor of `checkpoint` whose name and shape fit; the rest keep their fresh init
-    (e.g. a vision encoder with another patch size)."""
+    (e.g. a vision encoder with another patch size). A decoder deeper than the checkpoint's grows
+    from it (`grown_layers`)."""
     own = model.state_dict()
-    fitting = {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items()
+    parent = load_file(str(checkpoint / "model.safetensors"))
+    fitting = {k: v for k, v in {**parent, **grown_layers(parent, model.cfg.text.num_hidden_layers)}.items()
                if k in own and own[k].shape == v.shape}
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in fitting.items()}})
     fresh = sorted({".".join(k.split(".")[:3]) for k in own if k not in fitting})
     print(f"warm start from {checkpoint}: {len(fitting)}/{len(own)} tensors; fresh: {', '.join(fresh) or 'none'}")
+
+
+LAYER_PREFIX = "model.language_model.layers."
+LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # what a layer adds to the residual stream
+
+
+def grown_layers(parent: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """The tensors of decoder layers `parent` lacks, up to `layers`: layer n + i starts as a copy
+    of the parent's layer i % n with its two output projections zero, so it adds nothing to the
+    residual stream and the grown model computes exactly its parent's function (LLaMA Pro's block
+    expansion); the zero projections still get gradients, and the copied rest gives them inputs
+    that already mean something."""
+    n = 1 + max((int(k[len(LAYER_PREFIX):].split(".")[0]) for k in parent if k.startswith(LAYER_PREFIX)), default=-1)
+    grown: dict[str, torch.Tensor] = {}
+    for new in range(n, layers if n else 0):  # (a parent without decoder layers has nothing to copy)
+        source = f"{LAYER_PREFIX}{(new - n) % n}."
+        for name, tensor in parent.items():
+            if name.startswith(source):
+                rest = name[len(source):]
+                grown[f"{LAYER_PREFIX}{new}.{rest}"] = torch.zeros_like(tensor) if rest in LAYER_OUTPUTS else tensor.clone()
+    return grown
 
 
 def save_weights(model: Janus, out: Path, dtype: torch.dtype = torch.float32) -> None:
@@ -912,6 +938,7 @@ def main() -> None:
                         help="a task's sampling weight instead of the default mixture's (repeatable)")
     parser.add_argument("--teacher", type=Path,
                         help="a checkpoint whose drawing the run keeps close to (KL on the drawn codes of rows without an echo)")
+    parser.add_argument("--text-layers", type=int, help="decoder depth; from --init-from, more layers than the parent's grow it")
     parser.add_argument("--no-echo", action="store_true", help="plain Janus prompts: no source echo (processor.py)")
     parser.add_argument("--data-workers", type=int, default=0, help="processes making batches (use several on a GPU)")
     parser.add_argument("--save-minutes", type=float, default=TrainConfig.save_minutes, help="save last.pt this often")
@@ -922,7 +949,7 @@ def main() -> None:
                       text_only=args.text_only, threads=args.threads, init_from=args.init_from,
                       vision_minutes=args.vision_minutes, device=args.device, lr=args.lr, min_lr=args.min_lr,
                       warmup_steps=args.warmup_steps, echo=not args.no_echo, weights=task_weights(args.weight), data_workers=args.data_workers, save_minutes=args.save_minutes,
-                      teacher=args.teacher)
+                      teacher=args.teacher, text_layers=args.text_layers)
     print(train(args.out, args.vq, cfg))
 
 

@@ -138,6 +138,50 @@ def test_a_continued_run_needs_no_stage_1_output_and_keeps_its_parents_vq_and_co
     assert vq and all(torch.equal(exported[k].float(), weights[k].bfloat16().float()) for k in vq)
 
 
+def test_a_deeper_run_grows_from_its_parent_and_starts_with_its_function(toy, tmp_path):
+    """--text-layers above the parent's depth: the extra layers start as copies whose output
+    projections are zero, so the grown model's logits are the parent's, and training moves them."""
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    from imagemini.models.llama import padded_causal_attend
+
+    cfg = lm.TrainConfig(vocab_size=600, tokenizer_examples=2000, threads=1, batch_tokens=3000, max_steps=3, lr=3e-3,
+                         warmup_steps=1)
+    parent = lm.prepare_checkpoint_dir(tmp_path / "parent", toy, cfg)
+    weights = load_file(str(parent / "model.safetensors"))
+    torch.manual_seed(1)  # a parent whose layer outputs are far from zero
+    save_file({k: v + 0.05 * torch.randn_like(v) if ".layers." in k else v for k, v in weights.items()},
+              str(parent / "model.safetensors"))
+    grown_cfg = dataclasses.replace(cfg, init_from=parent, text_layers=3)
+    init = lm.prepare_checkpoint_dir(tmp_path / "child", toy, grown_cfg)
+    assert json.loads((init / "config.json").read_text())["text_config"]["num_hidden_layers"] == 3
+
+    def logits(model, ids):
+        hidden = model.decoder(model.model.language_model.embed_tokens(ids[0]), torch.arange(ids.shape[1]),
+                               padded_causal_attend(1, ids.shape[1]))
+        return model.text_logits(hidden)
+
+    from imagemini.models.config import JanusConfig
+    from imagemini.models.janus import Janus
+
+    child = Janus(JanusConfig.from_dict(json.loads((init / "config.json").read_text()))).eval()
+    lm.warm_start(child, parent)
+    old = load_janus(parent, torch.float32).eval()
+    ids = torch.randint(5, 500, (1, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(logits(child, ids), logits(old, ids), rtol=0, atol=1e-5)
+    state = child.state_dict()
+    assert torch.equal(state["model.language_model.layers.2.mlp.up_proj.weight"],
+                       state["model.language_model.layers.0.mlp.up_proj.weight"])  # the rest of a layer is copied
+
+    checkpoint = lm.train(tmp_path / "child", toy, grown_cfg)
+    trained = load_file(str(checkpoint / "model.safetensors"))
+    assert trained["model.language_model.layers.2.mlp.down_proj.weight"].abs().sum() > 0  # the new layers learn
+    assert lm.grown_layers(weights, 1) == {}  # as deep as the parent: nothing grows
+
+
 def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
     import random
 
