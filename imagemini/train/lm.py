@@ -567,6 +567,8 @@ def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
     parent = json.loads((cfg.init_from / "config.json").read_text()) if cfg.init_from is not None else None
     vq_config = parent["vq_config"] if parent is not None else _vq_config(vq_dir)
     layers = cfg.text_layers or (parent["text_config"]["num_hidden_layers"] if parent is not None else None)
+    if parent is not None and layers < parent["text_config"]["num_hidden_layers"]:
+        raise ValueError(f"--text-layers {layers} is shallower than {cfg.init_from}'s decoder: a run may only grow it")
     config = janus_config_dict(loaded.vocab_size, vq_config, special, layers)
     (init / "config.json").write_text(json.dumps(config, indent=2))
     image_cfg = ImageProcessorConfig(size=IMAGE_SIZE, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
@@ -639,7 +641,9 @@ def grown_layers(parent: dict[str, torch.Tensor], layers: int) -> dict[str, torc
     that already mean something."""
     n = 1 + max((int(k[len(LAYER_PREFIX):].split(".")[0]) for k in parent if k.startswith(LAYER_PREFIX)), default=-1)
     grown: dict[str, torch.Tensor] = {}
-    for new in range(n, layers if n else 0):  # (a parent without decoder layers has nothing to copy)
+    if n == 0:  # no decoder layers to copy
+        return grown
+    for new in range(n, layers):
         source = f"{LAYER_PREFIX}{(new - n) % n}."
         for name, tensor in parent.items():
             if name.startswith(source):

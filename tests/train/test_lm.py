@@ -180,6 +180,8 @@ def test_a_deeper_run_grows_from_its_parent_and_starts_with_its_function(toy, tm
     trained = load_file(str(checkpoint / "model.safetensors"))
     assert trained["model.language_model.layers.2.mlp.down_proj.weight"].abs().sum() > 0  # the new layers learn
     assert lm.grown_layers(weights, 1) == {}  # as deep as the parent: nothing grows
+    with pytest.raises(ValueError, match="shallower"):
+        lm.prepare_checkpoint_dir(tmp_path / "shallower", toy, dataclasses.replace(cfg, init_from=init, text_layers=2))
 
 
 def test_scene_reading_warm_up_trains_the_vision_side_only(toy, tmp_path):
