@@ -112,7 +112,7 @@ class TrainConfig:
 
 
 def janus_config_dict(vocab_size: int, vq_config: dict, special: dict[str, int], layers: int | None = None) -> dict:
-    text = {**TEXT, **({"num_hidden_layers": layers} if layers else {})}
+    text = {**TEXT, "num_hidden_layers": layers or TEXT["num_hidden_layers"]}
     hidden = text["hidden_size"]
     grid = IMAGE_SIZE // VISION["patch_size"]
     vq = {**vq_config, "model_type": "janus_vqgan", "projection_dim": hidden, "image_token_embed_dim": hidden}
