@@ -11,7 +11,9 @@ Encoder cache: the vision encoder's output for one image ([N, hidden], model dty
 made of the image's content key (media.py: sha256 of its bytes, or of the PDF page it is) and
 the processor settings; least recently used entries go when the total passes the byte budget.
 An image sent again is neither decoded nor encoded again; the misses of one request are encoded
-in one batch. `stats()` (hits, misses, entries, bytes) is shown by /health.
+in one batch. `stats()` (hits, misses, entries, bytes) is shown by /health. A new picture on a
+checkpoint with a source echo misses twice (its features, its echo's codes) but is decoded and
+resized once: the last few preprocessed pictures are kept for that.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from imagemini.models.processor import Processor
 
 from .errors import bad_request
 from .media import InputImage
+
+
+RECENT_PIXELS = 8  # preprocessed pictures kept for a request's second look (a few concurrent requests)
 
 
 class EncoderCache:
@@ -85,6 +90,8 @@ class VisionEncoder:
         self.dtype = next(model.parameters()).dtype
         settings = json.dumps(processor.image_cfg.to_dict(), sort_keys=True)
         self._salt = hashlib.sha256(f"{settings}|{self.dtype}".encode()).hexdigest()[:16]
+        self._recent_pixels: OrderedDict[str, torch.Tensor] = OrderedDict()  # by content key
+        self._recent_lock = threading.Lock()
 
     def cache_key(self, image: InputImage) -> str:
         return f"{image.key}:{self._salt}"
@@ -115,12 +122,21 @@ class VisionEncoder:
         return out  # type: ignore[return-value]
 
     def _pixels(self, image: InputImage) -> torch.Tensor:
+        with self._recent_lock:
+            pixels = self._recent_pixels.get(image.key)
+        if pixels is not None:
+            return pixels
         picture = image.load()  # its own errors (too large, undecodable) are already the right 400s
         try:
-            return self.processor.preprocess(picture)
+            pixels = self.processor.preprocess(picture)
         except Exception as exc:  # an odd mode or size PIL could not resample
             raise bad_request(f"{image.param}: the image could not be processed ({type(exc).__name__})",
                               param=image.param, code="invalid_image") from None
+        with self._recent_lock:
+            self._recent_pixels[image.key] = pixels
+            while len(self._recent_pixels) > RECENT_PIXELS:
+                self._recent_pixels.popitem(last=False)
+        return pixels
 
     def with_echo(self, ids: list[int], images: list[InputImage]) -> list[int]:
         """`ids` with the last image's source echo, on checkpoints that declare one (processor.py)."""

@@ -136,3 +136,26 @@ def test_the_server_echoes_and_counts_the_echo_in_usage(echo_checkpoint, start_s
     opens_picture = len(proc.tokenizer.encode(" ")) + 1  # image output only: the server writes " " BOI itself
     assert reply.usage.prompt_tokens == len(ids) + opens_picture
     assert reply.choices[0].message.model_extra["images"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_a_new_picture_is_decoded_once_for_its_features_and_its_echo(echo_checkpoint):
+    model = load_janus(echo_checkpoint, torch.float32)
+    proc = Processor.from_dir(echo_checkpoint)
+    vision = VisionEncoder(model, proc, EncoderCache(1 << 20))
+    loads = []
+    example = generate(random.Random(3), 1, tasks={"edit_recolor": 1})[0]
+    chat = parse_chat_request({"model": "m", "messages": _openai_messages(example)})
+    resolved = resolve_messages(parse_messages(chat.messages), MediaReader(ServerSettings()), 8)
+    ids, images = PromptEncoder(proc.tokenizer).encode(resolved, thinking=False)
+    image = images[-1]
+    counted = type(image)(image.key, image.param, lambda: loads.append(1) or image.load())
+    with torch.inference_mode():
+        ids = vision.with_echo(proc.expand_images(ids), [counted])
+        vision.prompt_embeds(ids, [counted])
+    assert len(loads) == 1
+    assert vision.cache.stats()["misses"] == 2  # the features and the echo: two results, one decode
+    # another picture of the same content is found in the cache; a different one is decoded anew
+    other = type(image)(image.key + "x", image.param, lambda: loads.append(1) or image.load())
+    with torch.inference_mode():
+        vision.prompt_embeds(ids, [other])
+    assert len(loads) == 2
