@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from imagemini.models.janus import Janus
-from imagemini.models.layers import set_row_tile
+from imagemini.models.layers import set_row_tile, short_blocks_exact
 
 from .sequence import Sequence
 
@@ -95,6 +95,9 @@ class ModelRunner:
         self.row_tile = row_tile
         model.model.language_model.fuse()
         set_row_tile(model, row_tile)
+        # Pad a step's rows to whole tiles once, so that every matmul takes its one-block path,
+        # unless short blocks are exact anyway (then padding rows would only add work).
+        self.pad_to = row_tile if row_tile and not short_blocks_exact(model) else None
         self.dtype = next(model.parameters()).dtype
 
     def _embeddings(self, chunks: list[Chunk]) -> torch.Tensor:
@@ -154,7 +157,7 @@ class ModelRunner:
                 outputs.append(out[0].transpose(0, 1))
             if rows < q.shape[0]:  # tile padding rows: attend to nothing, stay zero
                 outputs.append(q.new_zeros(q.shape[0] - rows, *q.shape[1:]))
-            return torch.cat(outputs).to(k.dtype)
+            return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).to(k.dtype)
 
         return attend
 
@@ -163,8 +166,7 @@ class ModelRunner:
         """Run the chunks; return the final hidden state of each chunk's last row [len(chunks), hidden]."""
         embeds = self._embeddings(chunks)
         positions = torch.cat([torch.arange(c.start, c.end) for c in chunks])
-        # Pad the rows once to whole tiles, so every matmul below takes its one-tile fast path.
-        padding = -embeds.shape[0] % self.row_tile if self.row_tile else 0
+        padding = -embeds.shape[0] % self.pad_to if self.pad_to else 0
         if padding:
             embeds = F.pad(embeds, (0, 0, 0, padding))
             positions = F.pad(positions, (0, padding))
@@ -181,10 +183,10 @@ class ModelRunner:
         return self._whole_tiles(self.model.image_logits, hidden).float()
 
     def _whole_tiles(self, network, rows: torch.Tensor) -> torch.Tensor:
-        """`network` (row-wise: embeddings, MLPs) on `rows` padded once to whole tiles, so each of
-        its matmuls takes the one-tile path instead of padding and cutting again."""
+        """`network` (row-wise: embeddings, MLPs) on `rows` padded once to whole tiles where padding
+        is needed, so each of its matmuls takes the one-block path instead of padding and cutting again."""
         n = rows.shape[0]
-        padding = -n % self.row_tile if self.row_tile else 0
+        padding = -n % self.pad_to if self.pad_to else 0
         if not padding:
             return network(rows)
         pad = (0, padding) if rows.dim() == 1 else (0, 0, 0, padding)

@@ -4,7 +4,10 @@
 every matmul runs on fixed blocks of `row_tile` rows. On CPU, the GEMM kernel — and so the
 rounding of each output row — is chosen by the number of rows (design §7), so without this
 a request's logits would depend on how many other requests share its batch. With fixed
-tiles every row always meets the same kernel, whatever else is in the batch.
+tiles every row always meets the same kernel, whatever else is in the batch. Where a probe at
+set-up shows that a block of fewer rows gets each of its rows bit for bit what the whole tile
+gives it (oneDNN's bf16 kernels on this AVX-512 CPU, for our weights), short blocks skip their
+padding rows: the same numbers for less work.
 """
 
 from __future__ import annotations
@@ -27,20 +30,21 @@ class DirectCall:
 class Linear(DirectCall, nn.Linear):
     row_tile: int | None = None
     _packed: torch.Tensor | None = None  # oneDNN-packed bf16 weight for `row_tile` rows
+    short_blocks_exact: bool = False  # set by `set_row_tile`'s probe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tile = self.row_tile
         if tile is None:
             return F.linear(x, self.weight, self.bias)
-        if x.shape[0] == tile and x.dim() == 2:  # the decoder's usual case: one whole tile
-            return self._tile_matmul(x)
+        if x.dim() == 2 and (x.shape[0] == tile or (x.shape[0] < tile and self.short_blocks_exact)):
+            return self._tile_matmul(x)  # the decoder's usual case: one block
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
-        if n == tile:
+        if n == tile or (n < tile and self.short_blocks_exact):
             return self._tile_matmul(rows).reshape(*x.shape[:-1], -1)
         if n < tile:  # the usual case outside the decoder (generation head, aligners): one padded tile
             return self._tile_matmul(F.pad(rows, (0, 0, 0, tile - n)))[:n].reshape(*x.shape[:-1], -1)
-        if n % tile:
+        if n % tile and not self.short_blocks_exact:
             rows = F.pad(rows, (0, 0, 0, tile - n % tile))
         out = torch.cat([self._tile_matmul(block) for block in rows.split(tile)])
         return out[:n].reshape(*x.shape[:-1], -1)
@@ -63,6 +67,19 @@ class Linear(DirectCall, nn.Linear):
                 self._packed = packed
         except (RuntimeError, AttributeError):
             self._packed = None
+
+    @torch.no_grad()
+    def probe_short_blocks(self) -> None:
+        """Whether m < row_tile rows give each row exactly what a whole tile gives it, for every m.
+        The kernel's arithmetic is chosen by shape, not by values (design §7), so one random tile
+        per m settles it for this weight, dtype and thread count."""
+        tile = self.row_tile
+        self.short_blocks_exact = False
+        if tile is None or tile == 1:
+            return
+        probe = torch.randn(tile, self.in_features, dtype=torch.float32).to(self.weight.dtype)
+        whole = self._tile_matmul(probe)
+        self.short_blocks_exact = all(torch.equal(self._tile_matmul(probe[:m]), whole[:m]) for m in range(1, tile))
 
 
 def fuse_linears(parts: list[Linear]) -> Linear:
@@ -91,6 +108,12 @@ def set_row_tile(module: nn.Module, tile: int | None) -> None:
             m.row_tile = tile
             m._packed = None
             m.prepack()
+            m.probe_short_blocks()
+
+
+def short_blocks_exact(module: nn.Module) -> bool:
+    """Whether every tiled `Linear` under `module` computes short blocks exactly (see above)."""
+    return all(m.short_blocks_exact for m in module.modules() if isinstance(m, Linear) and m.row_tile)
 
 
 class RMSNorm(DirectCall, nn.Module):
