@@ -61,7 +61,7 @@ class Linear(DirectCall, nn.Linear):
             return
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.row_tile)
-            probe = torch.randn(self.row_tile, self.in_features).to(torch.bfloat16)
+            probe = _probe_rows(self.row_tile, self.in_features).to(torch.bfloat16)
             got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
             if torch.equal(got, F.linear(probe, self.weight, self.bias)):
                 self._packed = packed
@@ -77,9 +77,15 @@ class Linear(DirectCall, nn.Linear):
         self.short_blocks_exact = False
         if tile is None or tile == 1:
             return
-        probe = torch.randn(tile, self.in_features, dtype=torch.float32).to(self.weight.dtype)
+        probe = _probe_rows(tile, self.in_features).to(self.weight.dtype)
         whole = self._tile_matmul(probe)
         self.short_blocks_exact = all(torch.equal(self._tile_matmul(probe[:m]), whole[:m]) for m in range(1, tile))
+
+
+def _probe_rows(rows: int, features: int) -> torch.Tensor:
+    """Random set-up probes from a generator of their own: building an engine leaves the
+    caller's torch random stream where it was."""
+    return torch.randn(rows, features, generator=torch.Generator().manual_seed(0))
 
 
 def fuse_linears(parts: list[Linear]) -> Linear:
