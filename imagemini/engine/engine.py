@@ -50,7 +50,7 @@ class EngineConfig:
     kv_budget_tokens: int = 65536
     # Fixed row tiles make a request's output independent of its batch (the seed guarantee).
     # None: plain batched matmuls, for measuring what the guarantee costs (`bench text`).
-    row_tile: int | None = 8
+    row_tile: int | None = 16
     scheduler: SchedulerConfig = SchedulerConfig()
 
     def __post_init__(self) -> None:
