@@ -37,16 +37,13 @@ class Linear(DirectCall, nn.Linear):
         if tile is None:
             return F.linear(x, self.weight, self.bias)
         if x.dim() == 2 and (x.shape[0] == tile or (x.shape[0] < tile and self.short_blocks_exact)):
-            return self._tile_matmul(x)  # the decoder's usual case: one block
+            return self._tile_matmul(x)  # the decoder's usual case: one block, nothing to pad or cut
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
-        if n == tile or (n < tile and self.short_blocks_exact):
-            return self._tile_matmul(rows).reshape(*x.shape[:-1], -1)
-        if n < tile:  # the usual case outside the decoder (generation head, aligners): one padded tile
-            return self._tile_matmul(F.pad(rows, (0, 0, 0, tile - n)))[:n].reshape(*x.shape[:-1], -1)
         if n % tile and not self.short_blocks_exact:
             rows = F.pad(rows, (0, 0, 0, tile - n % tile))
-        out = torch.cat([self._tile_matmul(block) for block in rows.split(tile)])
+        blocks = rows.split(tile)
+        out = self._tile_matmul(blocks[0]) if len(blocks) == 1 else torch.cat([self._tile_matmul(b) for b in blocks])
         return out[:n].reshape(*x.shape[:-1], -1)
 
     def _tile_matmul(self, block: torch.Tensor) -> torch.Tensor:
