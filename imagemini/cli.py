@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         b.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
         if name == "http":
             b.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
+            b.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
         b.set_defaults(func=cmd_bench)
     from imagemini.bench import images as bench_images
 

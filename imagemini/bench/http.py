@@ -8,6 +8,9 @@ counting tokens from the final usage chunk. The ratio is what serving over HTTP 
 The server's engine process runs on fewer torch threads than this process (one core is left
 to HTTP), so the engine is also timed alone at the server's thread count: http over that
 figure is the HTTP layer's own cost, the rest is the core the HTTP side takes.
+
+A small VM's speed wanders by ±15% from one minute to the next, more than the effect measured,
+so the three timings take turns `--repeats` times and each keeps its best (as `bench draw` does).
 """
 
 from __future__ import annotations
@@ -69,26 +72,32 @@ def served(path: Path | str, dtype: str, engine_threads: int | None = None):
         server.wait(timeout=30)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """Print and return, per concurrency, the best tokens/s of each timing."""
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     threads = torch.get_num_threads()
     server_threads = args.engine_threads or max(1, len(os.sched_getaffinity(0)) - 1)  # serve's default
     eos = engine.tokenizer.special.eos
+    results: dict[int, dict[str, float]] = {}
     with served(path, args.dtype, args.engine_threads) as (base, model_id):
         print(f"checkpoint {path}  dtype {args.dtype}  new tokens/request {args.max_tokens}  "
-              f"threads: here {threads}, server's engine {server_threads}")
+              f"threads: here {threads}, server's engine {server_threads}  best of {args.repeats}")
         print(f"{'concurrency':>11} {'engine tok/s':>13} {f'@{server_threads} threads':>13} {'http tok/s':>11} "
               f"{'http/engine':>12} {f'@{server_threads} threads':>13}")
         for c in args.concurrency:
-            # The engine alone runs while the idle server waits: same machine load for both.
-            alone = bench_engine(engine, _prompts(engine, c), args.max_tokens)
-            torch.set_num_threads(server_threads)
-            alone_as_served = bench_engine(engine, _prompts(engine, c), args.max_tokens)
-            torch.set_num_threads(threads)
-            http = asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id))
+            alone = alone_as_served = http = 0.0
+            for _ in range(args.repeats):
+                # The engine alone runs while the idle server waits: same machine load for both.
+                alone = max(alone, bench_engine(engine, _prompts(engine, c), args.max_tokens))
+                torch.set_num_threads(server_threads)
+                alone_as_served = max(alone_as_served, bench_engine(engine, _prompts(engine, c), args.max_tokens))
+                torch.set_num_threads(threads)
+                http = max(http, asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id)))
             print(f"{c:>11} {alone:>13.1f} {alone_as_served:>13.1f} {http:>11.1f} {http / alone:>11.0%} "
                   f"{http / alone_as_served:>12.0%}", flush=True)
+            results[c] = {"engine": alone, "engine_as_served": alone_as_served, "http": http}
+    return results
 
 
 async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, model_id: str) -> float:
