@@ -90,7 +90,7 @@ def _plan(chunks: list[Chunk]) -> list[_Group]:
 
 
 class ModelRunner:
-    def __init__(self, model: Janus, row_tile: int | None = 16) -> None:
+    def __init__(self, model: Janus, row_tile: int | None) -> None:
         self.model = model
         self.row_tile = row_tile
         model.model.language_model.fuse()
