@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from imagemini.train.evaluate import evaluate
 
-    report = evaluate(args.model or default_model_dir(), args.n, args.out, seed=args.seed)
+    report = evaluate(args.model or default_model_dir(), args.n, args.out, seed=args.seed, split=args.split)
     for key, value in report["scores"].items():
         if not key.startswith("task:"):
             print(f"{key:>22}: {value}")
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=50, help="examples per task")
     p.add_argument("--out", type=Path, default=Path("docs/eval"))
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                   help="held-out chats (the report), or training-split ones (what the model has learnt)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="benchmarks")

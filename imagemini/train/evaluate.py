@@ -9,6 +9,12 @@ then scored by GenEval's rules with shape as the object class (`_geneval_checks`
 `geneval_overall`) and, stricter, as whole scenes (`report["strict"]`, `draw_exact`, `edit_exact`).
 Writes `report.json`, `answers.jsonl` (every example: question, truth, output, correct) and
 `samples.png` (a grid of drawings).
+
+`--split train` scores the same tasks on training-split chats (trained shape/colour pairs and
+wordings, fresh scenes): beside the held-out report it separates what the model has not learnt from
+what it does not carry over to the held-out pairs. `draw_objects` scores each requested object of a
+drawing alone (drawn at its position with its shape, colour and size), apart for held-out pairs and
+trained ones: the two differ only in whether the model has ever seen that shape in that colour.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
 from imagemini.models.processor import Processor
 from imagemini.world import Scene, SceneParseError, parse_image, render
-from imagemini.world.tasks import Example, ImageRef, chat_messages, generate
+from imagemini.world.tasks import Example, ImageRef, chat_messages, generate, is_heldout_combo
 
 TEXT_TASKS = {
     "vqa": ("count", "color_of", "where_is", "is_there", "bigger"),
@@ -90,6 +96,13 @@ def _geneval_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
     }
 
 
+def _object_checks(truth: Scene, got: Scene | None) -> list[tuple[str, bool]]:
+    """Each requested object: ("heldout_combo" or "train_combo", drawn exactly at its position)."""
+    at = {o.position: o for o in got.objects} if got is not None else {}
+    return [("heldout_combo" if is_heldout_combo(o.shape, o.color) else "train_combo", at.get(o.position) == o)
+            for o in truth.objects]
+
+
 def _strict_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
     """Whole-scene checks (the figures reported before GenEval's rules, kept for comparison)."""
     if got is None:
@@ -106,17 +119,17 @@ def _strict_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
     }
 
 
-def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
+def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234, split: str = "heldout") -> dict:
     engine = Engine.from_checkpoint(model_dir, EngineConfig(dtype="bfloat16"))
     proc = Processor.from_dir(model_dir, engine.tokenizer)
     rng = random.Random(seed)
     per_task: dict[str, list[Example]] = defaultdict(list)
     wanted = [t for group in TEXT_TASKS.values() for t in group] + list(IMAGE_TASKS)
     while any(len(per_task[t]) < n for t in wanted):
-        for ex in generate(rng, 500, split="heldout"):
+        for ex in generate(rng, 500, split=split):
             if ex.task in wanted and len(per_task[ex.task]) < n:
                 per_task[ex.task].append(ex)
-    report: dict = {"model": str(model_dir), "n_per_task": n, "scores": {}}
+    report: dict = {"model": str(model_dir), "split": split, "n_per_task": n, "scores": {}}
     n_codes = engine.num_image_tokens
 
     # Text tasks (greedy); reasoning both with and without thinking.
@@ -169,6 +182,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
     ])
     checks: dict[str, list[bool]] = defaultdict(list)
     strict: dict[str, list[bool]] = defaultdict(list)
+    objects: dict[str, list[bool]] = defaultdict(list)  # each requested object of a drawing, by pair
     grid = []
     for ex, r in zip(image_jobs, results):
         scene = None
@@ -187,6 +201,8 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
         answers.append(_answer(ex, False, scene.describe() if scene else "(no scene read)", exact))
         if group != "draw":
             continue
+        for pair, ok in _object_checks(ex.answer, scene):
+            objects[pair].append(ok)
         k = len(ex.answer.objects)
         geneval, whole = _geneval_checks(ex.answer, scene), _strict_checks(ex.answer, scene)
         if k == 1:
@@ -209,6 +225,7 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234) -> dict:
     parts = [report["scores"].get(k) for k in GENEVAL]
     report["scores"]["geneval_overall"] = round(sum(parts) / len(parts), 4) if None not in parts else None
     report["strict"] = {key: round(sum(oks) / len(oks), 4) for key, oks in strict.items()}
+    report["draw_objects"] = {pair: round(sum(oks) / len(oks), 4) for pair, oks in sorted(objects.items())}
     report["by_wording"] = {key: round(sum(oks) / len(oks), 4) for key, oks in sorted(wording.items())}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))

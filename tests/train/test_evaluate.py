@@ -23,6 +23,9 @@ def test_eval_reports_every_score_and_writes_the_grid(tiny_checkpoint, tmp_path)
         split = [wording[k] for k in (f"{group}@train_wording", f"{group}@new_wording") if k in wording]
         assert split and all(0.0 <= v <= 1.0 for v in split)
     assert set(report["strict"]) >= {"counting", "colours", "position"}
+    assert report["split"] == "heldout"
+    # every held-out scene holds a held-out pair, so some requested object is one
+    assert 0.0 <= report["draw_objects"]["heldout_combo"] <= 1.0
     assert json.loads((tmp_path / "report.json").read_text()) == report
     answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert {a["task"] for a in answers} == {t for group in TEXT_TASKS.values() for t in group} | set(IMAGE_TASKS)
@@ -51,3 +54,35 @@ def test_geneval_rules_judge_each_attribute_on_objects_of_the_asked_shape():
     swapped = Scene("white", (SceneObject("circle", "blue", "large", "top left"), SceneObject("square", "red", "small", "center")))
     checks = _geneval_checks(asked, swapped)
     assert checks["present"] and checks["position"] and not checks["colours"]  # colour attribution fails
+
+
+def test_object_checks_score_each_requested_object_by_its_pair():
+    from imagemini.train.evaluate import _object_checks
+    from imagemini.world import Scene, SceneObject
+
+    blue_triangle = SceneObject("triangle", "blue", "large", "top left")  # a held-out pair
+    red_circle = SceneObject("circle", "red", "small", "center")
+    asked = Scene("white", (blue_triangle, red_circle))
+    purple_instead = SceneObject("triangle", "purple", "large", "top left")
+    assert _object_checks(asked, Scene("white", (purple_instead, red_circle))) == [
+        ("heldout_combo", False), ("train_combo", True)]
+    assert _object_checks(asked, Scene("white", (red_circle, blue_triangle))) == [
+        ("heldout_combo", True), ("train_combo", True)]  # order of the drawn objects does not matter
+    moved = SceneObject("circle", "red", "small", "bottom")
+    assert _object_checks(asked, Scene("white", (blue_triangle, moved))) == [
+        ("heldout_combo", True), ("train_combo", False)]
+    assert _object_checks(asked, None) == [("heldout_combo", False), ("train_combo", False)]
+
+
+def test_train_split_eval_asks_only_about_trained_pairs_and_wordings(tiny_checkpoint, tmp_path):
+    from imagemini.world.scene import parse_description
+    from imagemini.world.tasks import has_heldout_combo
+
+    report = evaluate(tiny_checkpoint, n=1, out=tmp_path, split="train")
+    assert report["split"] == "train"
+    assert set(report["draw_objects"]) == {"train_combo"}
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert {a["wording"] for a in answers} == {"train_wording"}
+    scenes = [parse_description(d) for a in answers for d in a["images"]]
+    scenes += [parse_description(a["truth"]) for a in answers if a["task"] == "draw" or a["task"].startswith("edit")]
+    assert scenes and not any(map(has_heldout_combo, scenes))
