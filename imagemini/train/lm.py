@@ -98,6 +98,7 @@ class TrainConfig:
     save_minutes: float = 5.0  # last.pt this often
     teacher: Path | None = None  # a checkpoint whose drawing the run keeps close to (teacher_code_logprobs)
     text_layers: int | None = None  # decoder depth; None: TEXT's, or the parent's (deeper than it: warm_start grows it)
+    changed_weight: float = 1.0  # loss weight of an edit's codes that differ from its echo (changed_code_weights)
 
     weights: dict[str, float] = field(default_factory=dict)  # task weights replacing task_mixture()'s
 
@@ -454,8 +455,10 @@ def _embed(model: Janus, ids: torch.Tensor, code_slots: torch.Tensor) -> torch.T
     return embeds
 
 
-def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tuple[torch.Tensor, dict]:
-    """Mean cross-entropy over the text and image-code targets (plus the scene reader's loss).
+def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None,
+            changed_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Mean cross-entropy over the text and image-code targets (plus the scene reader's loss);
+    an edit's codes that differ from its echo weigh `changed_weight` in the image codes' mean.
     The parts come back as tensors: reading them is the caller's choice of when to wait."""
     ids = batch["ids"]
     vocab = model.cfg.text.vocab_size
@@ -486,7 +489,15 @@ def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tup
     # A batch of unconditional drawings alone has no text target (the mean of nothing is NaN).
     text_loss = F.cross_entropy(model.text_logits(hidden[text_at]).float(), targets[text_at]) if text_at.numel() else zero
     code_logits = model.image_logits(hidden[code_at]).float()
-    code_loss = F.cross_entropy(code_logits, targets[code_at] - vocab) if code_at.numel() else zero
+    spans = batch.get("copy_spans")
+    code_loss = zero
+    if code_at.numel():
+        per_code = F.cross_entropy(code_logits, targets[code_at] - vocab, reduction="none")
+        if changed_weight != 1.0 and spans is not None and spans.numel():
+            weights = changed_code_weights(ids, spans, model.cfg.vq.num_patches**2, changed_weight).flatten()[code_at]
+            code_loss = (per_code * weights).sum() / weights.sum()
+        else:
+            code_loss = per_code.mean()
     n_text, n_code = text_at.numel(), code_at.numel()
     loss = (text_loss * n_text + code_loss * n_code) / max(n_text + n_code, 1)
     parts = {"text": text_loss.detach(), "image": code_loss.detach()}
@@ -499,12 +510,26 @@ def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None) -> tup
         kl = (teacher.exp() * (teacher - student)).sum(-1).mean()
         loss = loss + TEACHER_WEIGHT * kl
         parts["teacher"] = kl.detach()
-    spans = batch.get("copy_spans")
     if spans is not None and spans.numel():
         copy = copy_head_loss(seen["q"], seen["k"], spans, b, t, model.cfg.vq.num_patches**2)
         loss = loss + COPY_WEIGHT * copy
         parts["copy"] = copy.detach()
     return loss, parts
+
+
+def changed_code_weights(ids: torch.Tensor, spans: torch.Tensor, n: int, weight: float) -> torch.Tensor:
+    """[B, T - 1] weights of the next-token targets: `weight` where an edit's drawn code differs
+    from the echo's code at the same patch, 1 elsewhere. Those codes are what an edit is about
+    (a recolour's object, a moved object's old and new place) and a few in a hundred of the image
+    codes: most of an edit is a copy the echo makes easy. `spans` as the copy lesson's:
+    (row, first query, first key), the query before drawn code i and echo code i."""
+    b, t = ids.shape
+    rows, at = spans[:, :1], torch.arange(n, device=ids.device)
+    queries, keys = spans[:, 1:2] + at, spans[:, 2:3] + at
+    changed = ids[rows, queries + 1] != ids[rows, keys]
+    weights = torch.ones(b, t - 1, device=ids.device)
+    weights[rows.expand_as(queries), queries] = torch.where(changed, weight, 1.0)
+    return weights
 
 
 @torch.no_grad()
@@ -826,7 +851,8 @@ def train(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
             est_total = step + int((step - first_step) / ran * (budget - elapsed))
         for group in opt.param_groups:
             group["lr"] = lr_at(step - phase_step, est_total - phase_step, cfg)
-        losses = train_step(model, reader, opt, on_device(cpu_batch, model, proc, code_map), teacher)
+        losses = train_step(model, reader, opt, on_device(cpu_batch, model, proc, code_map), teacher,
+                            cfg.changed_weight)
         step += 1
         report()  # the step before this one: by now the device has finished it
         pending = {"step": step, "elapsed": round(elapsed, 1), "lr": opt.param_groups[0]["lr"], **losses}
@@ -868,13 +894,13 @@ def make_optimizer(model: Janus, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def train_step(model: Janus, reader: SceneReader, opt: torch.optim.Optimizer, batch: dict,
-               teacher: Janus | None = None) -> dict[str, torch.Tensor]:
+               teacher: Janus | None = None, changed_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """One optimizer step on a batch already on the device (`on_device`). The losses come back
     as device tensors: reading them waits for the step, so the caller chooses when."""
     with torch.autocast(batch["ids"].device.type, dtype=torch.bfloat16):
         if teacher is not None:
             batch = {**batch, "teacher_logprobs": teacher_code_logprobs(teacher, batch)}
-        loss, parts = loss_fn(model, batch, reader)
+        loss, parts = loss_fn(model, batch, reader, changed_weight)
         if batch.get("unnamed") is not None:
             pixels, labels = batch["unnamed"]
             unnamed = reader.loss(model.encode_images(pixels), labels)
@@ -942,6 +968,8 @@ def main() -> None:
                         help="a task's sampling weight instead of the default mixture's (repeatable)")
     parser.add_argument("--teacher", type=Path,
                         help="a checkpoint whose drawing the run keeps close to (KL on the drawn codes of rows without an echo)")
+    parser.add_argument("--changed-weight", type=float, default=TrainConfig.changed_weight,
+                        help="loss weight of an edit's drawn codes that differ from its echo (1: as every code)")
     parser.add_argument("--text-layers", type=int, help="decoder depth; from --init-from, more layers than the parent's grow it")
     parser.add_argument("--no-echo", action="store_true", help="plain Janus prompts: no source echo (processor.py)")
     parser.add_argument("--data-workers", type=int, default=0, help="processes making batches (use several on a GPU)")
@@ -953,7 +981,7 @@ def main() -> None:
                       text_only=args.text_only, threads=args.threads, init_from=args.init_from,
                       vision_minutes=args.vision_minutes, device=args.device, lr=args.lr, min_lr=args.min_lr,
                       warmup_steps=args.warmup_steps, echo=not args.no_echo, weights=task_weights(args.weight), data_workers=args.data_workers, save_minutes=args.save_minutes,
-                      teacher=args.teacher, text_layers=args.text_layers)
+                      teacher=args.teacher, text_layers=args.text_layers, changed_weight=args.changed_weight)
     print(train(args.out, args.vq, cfg))
 
 

@@ -467,3 +467,49 @@ def test_task_weights_replace_the_default_mixture_and_reject_unknown_tasks():
     for bad in (["painting=1"], ["edit_move"], ["edit_move="]):
         with pytest.raises(SystemExit, match="TASK=W"):
             lm.task_weights(bad)
+
+
+def test_an_edits_changed_codes_weigh_changed_weight_in_the_image_loss(monkeypatch, echo_checkpoint):
+    """With --changed-weight w, the image loss is the mean over every code target with weight w on
+    each drawn code of an edit that differs from the echo's code at the same patch (1 elsewhere,
+    drawings included); recomputed here per sample from its own code runs."""
+    import random
+
+    import torch.nn.functional as F
+
+    from imagemini.models.processor import Processor
+    from imagemini.world.tasks import generate
+
+    monkeypatch.setattr(lm, "UNCOND_RATE", 0.0)
+    model, proc = load_janus(echo_checkpoint, torch.float32), Processor.from_dir(echo_checkpoint)
+    examples = generate(random.Random(8), 8, tasks={"draw": 1.0, "edit_recolor": 1.0, "edit_move": 1.0})
+    samples = [s for s in (lm.build_sample(e, proc) for e in examples) if s is not None]
+    batch = lm.on_device(lm.Collator(proc, random.Random(0), grid=16)(samples), model, proc, None)
+    ids, vocab = batch["ids"], model.cfg.text.vocab_size
+    with torch.no_grad():
+        _, plain = lm.loss_fn(model, batch)
+        _, same = lm.loss_fn(model, batch, changed_weight=1.0)
+        _, weighted = lm.loss_fn(model, batch, changed_weight=3.0)
+
+        is_code = ids >= vocab
+        embeds = model.input_embeddings(ids.clamp(max=vocab - 1), batch["pixels"])
+        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab)
+        hidden = model.hidden_states(embeds, batch["mask"])
+        losses, weights, changed_codes, edit_codes = [], [], 0, 0
+        for b, sample in enumerate(samples):
+            codes = is_code[b].nonzero().squeeze(1)
+            echo, drawn = (codes[:256], codes[256:]) if sample.echo_image is not None else (None, codes)
+            logits = model.image_logits(hidden[b, drawn - 1])
+            losses += F.cross_entropy(logits, ids[b, drawn] - vocab, reduction="none").tolist()
+            if echo is None:
+                weights += [1.0] * len(drawn)
+                continue
+            changed = (ids[b, drawn] != ids[b, echo]).tolist()
+            weights += [3.0 if c else 1.0 for c in changed]
+            changed_codes, edit_codes = changed_codes + sum(changed), edit_codes + len(changed)
+    assert 0 < changed_codes < edit_codes  # an edit changes some patches and keeps others
+    assert same["image"].item() == plain["image"].item()
+    assert plain["image"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    want = sum(w * x for w, x in zip(weights, losses)) / sum(weights)
+    assert weighted["image"].item() == pytest.approx(want, rel=1e-4)
+    assert weighted["image"].item() != pytest.approx(plain["image"].item(), rel=1e-3)
