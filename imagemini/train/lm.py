@@ -520,8 +520,8 @@ def loss_fn(model: Janus, batch: dict, reader: SceneReader | None = None,
 def changed_code_weights(ids: torch.Tensor, spans: torch.Tensor, n: int, weight: float) -> torch.Tensor:
     """[B, T - 1] weights of the next-token targets: `weight` where an edit's drawn code differs
     from the echo's code at the same patch, 1 elsewhere. Those codes are what an edit is about
-    (a recolour's object, a moved object's old and new place) and a few in a hundred of the image
-    codes: most of an edit is a copy the echo makes easy. `spans` as the copy lesson's:
+    (a recolour's object, a moved object's old and new place), a fifth to a third of an edit's
+    codes: the rest is a copy the echo makes easy. `spans` as the copy lesson's:
     (row, first query, first key), the query before drawn code i and echo code i."""
     b, t = ids.shape
     rows, at = spans[:, :1], torch.arange(n, device=ids.device)
