@@ -340,10 +340,7 @@ def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, 
         loss, parts = lm.loss_fn(model, batch)
 
         ids, vocab = batch["ids"], model.cfg.text.vocab_size
-        is_code = ids >= vocab
-        embeds = model.input_embeddings(ids.clamp(max=vocab - 1), batch["pixels"])
-        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab)
-        logits_in = model.hidden_states(embeds, batch["mask"])
+        embeds, logits_in = plain_hidden_states(model, batch)
         text, code = [], []
         for b, sample in enumerate(samples):
             if uncond_rate and sample.drawn_images:  # the drawn image's codes alone, after its BOI
@@ -370,6 +367,16 @@ def test_the_loss_reads_each_target_once_in_place(monkeypatch, echo_checkpoint, 
         else:
             assert "copy" not in parts
         assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+
+
+def plain_hidden_states(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's input embeddings and hidden states found the plain way (masks over the padded
+    batch, no flat position lists), for checking loss_fn against."""
+    ids, vocab = batch["ids"], model.cfg.text.vocab_size
+    is_code = ids >= vocab
+    embeds = model.input_embeddings(ids.clamp(max=vocab - 1), batch["pixels"])
+    embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab)
+    return embeds, model.hidden_states(embeds, batch["mask"])
 
 
 def copy_reference(model, ids, embeds, rows) -> float:
@@ -492,9 +499,7 @@ def test_an_edits_changed_codes_weigh_changed_weight_in_the_image_loss(monkeypat
         _, weighted = lm.loss_fn(model, batch, changed_weight=3.0)
 
         is_code = ids >= vocab
-        embeds = model.input_embeddings(ids.clamp(max=vocab - 1), batch["pixels"])
-        embeds[is_code] = model.embed_image_codes(ids[is_code] - vocab)
-        hidden = model.hidden_states(embeds, batch["mask"])
+        _, hidden = plain_hidden_states(model, batch)
         losses, weights, changed_codes, edit_codes = [], [], 0, 0
         for b, sample in enumerate(samples):
             codes = is_code[b].nonzero().squeeze(1)
