@@ -1,4 +1,4 @@
-"""Units of images and files in (issue 5), in-process and fast: prompt encoding without special-token
+"""Units of images and files in, in-process and fast: prompt encoding without special-token
 injection, the URL fetcher's SSRF rules against a local HTTP server, decoding limits, the encoder
 cache, JSON depth, settings."""
 
