@@ -68,6 +68,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
+from imagemini.models.chat_format import CHAT_TEMPLATE, SPECIAL_TOKENS
+
 from .scene import (
     COLORS, MAX_JITTER, POSITIONS, SHAPES, SIZES, Scene, SceneObject, layout_is_clean, sample_offsets, sample_scene,
 )
@@ -780,8 +782,6 @@ def chat_messages(example: Example, image: ImageText = IMAGE_MARKER) -> list[dic
 @lru_cache(maxsize=1)
 def _template() -> tuple[Any, str, str]:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    from imagemini.models.random_fixture import CHAT_TEMPLATE, SPECIAL_TOKENS  # imports torch: keep lazy
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)  # as models/tokenizer.py
     return env.from_string(CHAT_TEMPLATE), SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
