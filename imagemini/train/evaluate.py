@@ -32,7 +32,9 @@ from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
 from imagemini.models.processor import Processor
 from imagemini.world import Scene, SceneParseError, parse_image, render
-from imagemini.world.tasks import Example, ImageRef, chat_messages, generate, is_heldout_combo
+from imagemini.world.chat import Example, ImageRef, chat_messages
+from imagemini.world.task_builder import is_heldout_combo
+from imagemini.world.tasks import generate
 
 TEXT_TASKS = {
     "vqa": ("count", "color_of", "where_is", "is_there", "bigger"),

@@ -52,7 +52,9 @@ from imagemini.models.tokenizer import Tokenizer
 from imagemini.world import render
 from imagemini.world.render import object_masks, render_array
 from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, join_phrases, sample_offsets
-from imagemini.world.tasks import Example, ImageRef, Turn, generate, prompt_and_completion, render_text, split_scene, task_mixture
+from imagemini.world.chat import Example, ImageRef, Turn, prompt_and_completion, render_text
+from imagemini.world.task_builder import split_scene
+from imagemini.world.tasks import generate, task_mixture
 
 from . import tokenizer as tokenizer_stage
 from .vq import to_pixels

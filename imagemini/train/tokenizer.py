@@ -1,7 +1,8 @@
 """The bundled model's text tokenizer: a byte-level BPE trained on the task chats.
 
     import random
-    from imagemini.world.tasks import generate, render_text
+    from imagemini.world.chat import render_text
+    from imagemini.world.tasks import generate
     from imagemini.train.tokenizer import train_tokenizer, save_tokenizer_files
 
     tok = train_tokenizer(render_text(ex) for ex in generate(random.Random(0), 20_000))

@@ -76,7 +76,7 @@ def test_object_checks_score_each_requested_object_by_its_pair():
 
 def test_train_split_eval_asks_only_about_trained_pairs_and_wordings(tiny_checkpoint, tmp_path):
     from imagemini.world.scene import parse_description
-    from imagemini.world.tasks import has_heldout_combo
+    from imagemini.world.task_builder import has_heldout_combo
 
     report = evaluate(tiny_checkpoint, n=1, out=tmp_path, split="train")
     assert report["split"] == "train"

@@ -71,7 +71,7 @@ def test_scene_reader_labels_mark_exactly_the_patches_an_object_is_drawn_in():
 
     from imagemini.world import render, sample_scene
     from imagemini.world.scene import BACKGROUNDS, COLORS, PALETTE, SHAPES, SIZES, sample_offsets
-    from imagemini.world.tasks import ImageRef
+    from imagemini.world.chat import ImageRef
 
     rng = random.Random(3)
     refs = []
@@ -209,7 +209,8 @@ def test_unnamed_colours_keep_the_layout_and_stay_far_from_every_palette_colour(
 
     from imagemini.world import render
     from imagemini.world.scene import PALETTE, sample_offsets
-    from imagemini.world.tasks import ImageRef, split_scene
+    from imagemini.world.chat import ImageRef
+    from imagemini.world.task_builder import split_scene
 
     rng = random.Random(5)
     palette = np.array(list(PALETTE.values()))
