@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from imagemini.models.chat_format import ROLE_TOKENS
 from imagemini.models.config import JanusConfig
 from imagemini.models.janus import Janus, load_janus
 from imagemini.models.processor import ECHO_FILE, EchoConfig, ImageProcessorConfig
@@ -31,7 +32,7 @@ from .lm_config import GENERATION, IMAGE_SIZE, MAX_LENGTH, TrainConfig, janus_co
 from .vq import BUNDLED_VQ_CONFIG
 from .vq_codebook import synonym_map
 
-ECHO_BEFORE = "<|Assistant|>"  # the source echo goes just before the reply (processor.py)
+ECHO_BEFORE = ROLE_TOKENS[1]  # the source echo goes just before the reply, "<|Assistant|>" (processor.py)
 
 
 def prepare_checkpoint_dir(out: Path, vq_dir: Path, cfg: TrainConfig) -> Path:
