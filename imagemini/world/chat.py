@@ -47,7 +47,9 @@ class Example:
     thinking: bool  # last assistant turn: parts[0] is the thought, parts[1] the answer
     answer: Any  # expected text, target Scene (draw/edit_*) or JSON dict (describe_json)
     split: str  # "train" | "heldout"
-    heldout_phrasing: bool = False  # the user's wording comes from HELDOUT_PHRASINGS
+    heldout_phrasing: bool = False  # the user's wording is held out (phrasings.py, language.py)
+    grammar: bool = False  # the user's last request is worded by the grammar (language.py)
+    request: Any = None  # a drawing worded by the grammar: the language.DrawRequest it states
 
 
 #: Rendered in place of an image by render_text (the tokenizer needs no image tokens).
