@@ -78,7 +78,7 @@ FRAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "describe_json": (
         ("n:json please", "v:describe the image in json", "v:give me json for this picture", "n:the scene as json",
          "v:output the objects as json", "v:write this picture as json", "q:can i have the json of this scene"),
-        ("v:encode the scene in json format", "n:this picture in json"),
+        ("v:encode the scene in json format", "n:json of what you see"),
     ),
     "count": (
         ("q:how many {what} are there", "q:how many {what} do you see", "q:how many {what} are in the picture",
@@ -97,7 +97,7 @@ FRAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("q:what {colour} is the background", "q:what's the background {colour}", "n:background {colour}",
          "q:which {colour} is the background", "v:tell me the background {colour}", "q:what {colour} is behind the shapes",
          "q:the background is what {colour}"),
-        ("q:what {colour} fills the background", "v:name the background {colour}"),
+        ("q:what {colour} fills the background", "v:say which {colour} the background has"),
     ),
     "where_is": (
         ("q:where is the {ref}", "q:where's the {ref}", "q:where is the {ref} located", "q:in which part is the {ref}",
@@ -172,18 +172,32 @@ NO_PUNCTUATION_RATE = 0.3
 TYPO_RATE = 0.04
 
 
+@dataclass(frozen=True)
+class Said:
+    """How a request was worded: its frame and the held-out synonyms it used."""
+
+    intent: str
+    frame: str
+    heldout_words: tuple[str, ...] = ()
+
+
 class Wording:
-    """Words and frames drawn from one rng, from the training lexicon or (``heldout``) the held-out one."""
+    """Words and frames drawn from one rng, from the training lexicon or (``heldout``) the held-out one.
+    ``said`` records the last request's frame and held-out words."""
 
     def __init__(self, rng: random.Random, heldout: bool) -> None:
         self.rng = rng
         self.heldout = heldout
+        self.said: Said | None = None
+        self._heldout_words: list[str] = []
 
     def word(self, concept: str, plain: str) -> str:
         """A synonym of ``concept`` (``plain`` when it has none)."""
         train, held = SYNONYMS.get(concept, ((plain,), ()))
         if self.heldout and held and self.rng.random() < HELDOUT_SYNONYM_RATE:
-            return self.rng.choice(held)
+            word = self.rng.choice(held)
+            self._heldout_words.append(word)
+            return word
         return self.rng.choice(train)
 
     def size(self, size: str) -> str:
@@ -209,10 +223,13 @@ class Wording:
     def say(self, intent: str, **slots: str) -> str:
         """A request of ``intent`` with its ``slots`` filled in, dressed as people type."""
         train, held = FRAMES[intent]
-        mode, frame = self.rng.choice(held if self.heldout else train).split(":", 1)
+        chosen = self.rng.choice(held if self.heldout else train)
+        mode, frame = chosen.split(":", 1)
         if self.rng.random() < TYPO_RATE:
             frame = _typo(self.rng, frame)
         text, end = self._dress(mode, frame.format(colour=self.word("colour", "colour"), **slots))
+        self.said = Said(intent, chosen, tuple(dict.fromkeys(self._heldout_words)))
+        self._heldout_words = []
         if self.rng.random() >= LOWERCASE_RATE:
             text = text[0].upper() + text[1:]
         return text if self.rng.random() < NO_PUNCTUATION_RATE else text + end

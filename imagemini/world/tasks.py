@@ -17,7 +17,7 @@ Tasks and default weights (:func:`task_mixture`; weights need not sum to 1)::
 
     describe 0.12   count 0.06   color_of 0.05   where_is 0.05   is_there 0.05   bigger 0.04
     draw 0.20       edit_recolor / edit_remove / edit_add / edit_move 0.05 each
-    describe_json 0.05   reason_count 0.06   reason_compare 0.05
+    describe_json 0.05   reason_count 0.06   reason_compare 0.05   background 0.03
     smalltalk_greet 0.02   smalltalk_capabilities 0.02   smalltalk_decline 0.03
 
 Image generation gets the most weight (draw + edits = 0.40): it is the hardest output.
@@ -28,6 +28,8 @@ Canonical answers (exact-match scoring):
     count           a digit and a period: "2." (also "0." for an absent kind)
     color_of        "Red."                    where_is   "At the top left."
     is_there        "Yes." / "No."            bigger     "The circle." (the question's own words)
+    background      "Gray."
+    absent object   "There is no red circle." (grammar-worded colour/place questions, ABSENT_RATE)
     reason_count    as count; reason_compare as bigger, or "Yes."/"No." for "Are there more A than B?"
     draw / edit_*   the assistant turn is one image; ``answer`` is the target Scene
     smalltalk_*     one fixed sentence each (GREETING, CAPABILITIES, DECLINE)
@@ -40,6 +42,11 @@ answered directly (as count and bigger always are).
 
 Questions are answerable (phrasings.references: a unique description that never names the asked
 attribute); "which is bigger" only compares a small with a large object.
+
+Wording: in the train split half the chats are worded by the grammar (language.py: frames,
+synonyms, partial drawing requests whose open attributes the rng picks, ``Example.request``), half
+by the templates (phrasings.py); the heldout split uses the templates, the wording split the
+grammar's held-out frames and synonyms (task_builder.py).
 
 Variety beyond templates: 1 in 10 chats opens with a system prompt; 1 in 10 question chats first
 asks for a description and then asks the question about the same image in a second user turn;
@@ -420,8 +427,8 @@ def _example(b: Builder, task: str) -> Example:
         except Retry:
             continue
         turns = _turns(b, core)
-        return Example(task, turns, core.thinking, core.answer, b.split, b.heldout_phrasing, b.words is not None,
-                       core.request)
+        said = b.words.said if b.words is not None else None
+        return Example(task, turns, core.thinking, core.answer, b.split, b.heldout_phrasing, said, core.request)
     raise RuntimeError(f"could not sample a {task!r} example")  # pragma: no cover
 
 
