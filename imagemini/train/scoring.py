@@ -107,16 +107,16 @@ def content_is_correct(example: Example, got: str) -> bool:
 def request_checks(request: DrawRequest, got: Scene | None) -> dict[str, bool]:
     """A free-worded drawing judged by what its request states: "fits" (every stated attribute
     right, as many objects as asked, nothing extra; open attributes free), and per attribute whether
-    the drawing has every stated value of it ("count": the number of objects, "background")."""
-    if got is None:
-        return {"fits": False}
-    checks = {"fits": request.fits(got), "count": len(got.objects) == len(request.objects)}
+    the drawing has every stated value of it ("count": the number of objects, "background"); a
+    drawing the parser cannot read (None) has none of them."""
+    objects = got.objects if got is not None else ()
+    checks = {"fits": request.fits(got), "count": len(objects) == len(request.objects)}
     if request.background is not None:
-        checks["background"] = got.background == request.background
+        checks["background"] = got is not None and got.background == request.background
     for attribute in ("shape", "color", "size", "position"):
         stated = Counter(getattr(s, attribute) for s in request.objects if getattr(s, attribute) is not None)
         if stated:
-            checks[attribute] = not stated - Counter(getattr(o, attribute) for o in got.objects)
+            checks[attribute] = not stated - Counter(getattr(o, attribute) for o in objects)
     return checks
 
 

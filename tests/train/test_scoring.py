@@ -78,4 +78,4 @@ def test_free_worded_drawings_are_judged_by_what_they_state():
     on_black = DrawRequest(((ObjectSpec(size="large", position="center"), 1),), background="black")
     checks = request_checks(on_black, Scene("white", (SceneObject("cross", "blue", "large", "center"),)))
     assert checks == {"fits": False, "count": True, "background": False, "size": True, "position": True}
-    assert request_checks(on_black, None) == {"fits": False}
+    assert request_checks(on_black, None) == dict.fromkeys(("fits", "count", "background", "size", "position"), False)
