@@ -63,16 +63,18 @@ class Builder:
     """What a task draws through: scenes, objects, options and wordings, all from one rng and
     within one split (a train draw never shows a held-out pair)."""
 
-    def __init__(self, rng: random.Random, split: str) -> None:
+    def __init__(self, rng: random.Random, split: str, grammar_rate: float = GRAMMAR_RATE) -> None:
         self.rng = rng
         self.split = split
+        self.grammar_rate = grammar_rate  # train split: the share of chats the grammar words
         self.heldout_phrasing = False
         self.words: Wording | None = None  # the grammar's words for this chat; None: the templates
 
     def start_chat(self) -> None:
         """Decides how the next chat is worded."""
         self.heldout_phrasing = self.split == "wording"
-        grammar = self.split == "wording" or (self.split == "train" and self.rng.random() < GRAMMAR_RATE)
+        grammar = self.split == "wording" or (
+            self.split == "train" and self.grammar_rate > 0 and self.rng.random() < self.grammar_rate)
         self.words = Wording(self.rng, heldout=self.split == "wording") if grammar else None
 
     def allowed(self, shape: str, color: str) -> bool:

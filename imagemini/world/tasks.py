@@ -65,7 +65,7 @@ from .chat import Example, ImageRef, Turn
 from .language import ObjectSpec, complete, object_text, request_text, sample_request
 from .phrasings import CAPABILITIES, DECLINE, GREETING, PHRASINGS, SYSTEM_PROMPTS, kind_noun, object_mention
 from .scene import COLORS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, article, join_phrases
-from .task_builder import SPLITS, Builder, Core, Retry, is_heldout_combo
+from .task_builder import GRAMMAR_RATE, SPLITS, Builder, Core, Retry, is_heldout_combo
 
 TASKS: tuple[str, ...] = (
     "describe", "count", "color_of", "where_is", "is_there", "bigger", "draw",
@@ -432,8 +432,10 @@ def _example(b: Builder, task: str) -> Example:
     raise RuntimeError(f"could not sample a {task!r} example")  # pragma: no cover
 
 
-def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, float] | None = None) -> list[Example]:
-    """``n`` examples drawn from ``rng`` with task weights ``tasks`` (default :func:`task_mixture`)."""
+def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, float] | None = None,
+             grammar_rate: float = GRAMMAR_RATE) -> list[Example]:
+    """``n`` examples drawn from ``rng`` with task weights ``tasks`` (default :func:`task_mixture`);
+    in the train split a share ``grammar_rate`` of them worded by the grammar (0: the templates only)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 0:
@@ -443,5 +445,5 @@ def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, 
     if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"tasks must map names from {TASKS} to non-negative weights with a positive sum; got {tasks!r}")
     names = list(weights)
-    builder = Builder(rng, split)
+    builder = Builder(rng, split, grammar_rate)
     return [_example(builder, rng.choices(names, [weights[t] for t in names])[0]) for _ in range(n)]
