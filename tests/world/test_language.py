@@ -191,3 +191,10 @@ def test_grammar_questions_have_answers_people_can_use():
             assert not any(o.color == color and o.shape == shape for o in scene.objects)
         else:
             assert answer[:-1].lower() in COLORS or answer[len("At the "):-1] in POSITIONS
+
+
+def test_grammar_rate_sets_the_share_of_grammar_worded_training_chats():
+    assert not any(ex.grammar for ex in generate(random.Random(3), 400, grammar_rate=0.0))
+    share = sum(ex.grammar for ex in generate(random.Random(3), 1000)) / 1000
+    assert 0.4 < share < 0.6
+    assert all(ex.grammar for ex in generate(random.Random(3), 200, grammar_rate=1.0))
