@@ -2,25 +2,11 @@
 
 SQLite (one WAL file under --data-dir) or PostgreSQL (--database-url postgresql://...), both
 through SQLAlchemy 2's async engine, the schema kept by Alembic migrations (migrations/).
-store.py says how limits stay exact under concurrency; clock.py how time and periods work.
+
+    store.py       the Store: keys, reservations against their limits, the ledger; how limits
+                   stay exact under concurrency
+    clock.py       time in ms, limit periods (midnight UTC, Monday weeks), the tests' clock
+    commands.py    `imagemini keys ...`, and where `imagemini serve` finds its store
+
+Nothing is imported here, so that `imagemini` commands that need no store do not load SQLAlchemy.
 """
-
-from .clock import LIMIT_RESETS, Clock, clock_from_env, iso, offset_clock, parse_iso, period_start, system_clock
-from .store import (
-    DATABASE_FILE,
-    KEY_PREFIX,
-    Generation,
-    KeyRecord,
-    Store,
-    database_url,
-    hash_key,
-    nanos_to_usd,
-    usd_to_nanos,
-    worst_case_nanos,
-)
-
-__all__ = [
-    "DATABASE_FILE", "KEY_PREFIX", "LIMIT_RESETS", "Clock", "Generation", "KeyRecord", "Store", "clock_from_env",
-    "database_url", "hash_key", "iso", "nanos_to_usd", "offset_clock", "parse_iso", "period_start", "system_clock",
-    "usd_to_nanos", "worst_case_nanos",
-]

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -37,11 +38,11 @@ from sqlalchemy import case, delete, event, func, insert, or_, select, text, upd
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from .clock import LIMIT_RESETS, Clock, period_start, system_clock
+from .commands import DATABASE_FILE
 from .schema import generations, keys, reservations
 
 KEY_PREFIX = "sk-im-v1-"
 NANOS_PER_USD = 10**9
-DATABASE_FILE = "imagemini.db"
 # A reservation left by a server that died is given back after this long; a request running
 # longer than this keeps its row in the ledger, but its worst case stops counting against the limit.
 RESERVATION_LEASE_MS = 30 * 60 * 1000
@@ -162,6 +163,7 @@ class Store:
         from alembic import command
         from alembic.config import Config
 
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
         config = Config()
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
 
