@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "http":
             b.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
             b.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
+            b.add_argument("--ledger", action="store_true",
+                           help="instead: tokens/s and p50 latency with keys and the SQLite ledger on vs off")
         b.set_defaults(func=cmd_bench)
     from imagemini.bench import images as bench_images
 
