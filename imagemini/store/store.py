@@ -34,7 +34,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import bindparam, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from .clock import LIMIT_RESETS, Clock, period_start, system_clock
@@ -45,7 +45,7 @@ KEY_PREFIX = "sk-im-v1-"
 NANOS_PER_USD = 10**9
 # A reservation left by a server that died is given back after this long; a request running
 # longer than this keeps its row in the ledger, but its worst case stops counting against the limit.
-RESERVATION_LEASE_MS = 30 * 60 * 1000
+RESERVATION_HOLD_MS = 30 * 60 * 1000
 
 
 def usd_to_nanos(usd: Decimal | float | str, rounding: str = ROUND_HALF_UP) -> int:
@@ -140,6 +140,39 @@ class Generation:
 
 KEY_CHANGES = ("name", "disabled", "limit_nanos", "limit_reset", "requests_per_minute", "tokens_per_minute", "expires_at_ms")
 
+# The statements of every request, built once (bound parameters: daily_start, weekly_start,
+# monthly_start from _period_starts, and their own).
+# The key row's current period start, and its period usage as of now (zero once the period rolled over):
+_PERIOD_START = case(*((keys.c.limit_reset == reset, bindparam(f"{reset}_start")) for reset in LIMIT_RESETS), else_=0)
+_PERIOD_USAGE = case((keys.c.period_start_ms < _PERIOD_START, 0), else_=keys.c.period_usage_nanos)
+_RESERVE = (
+    update(keys)
+    .where(
+        keys.c.hash == bindparam("key_hash"),
+        or_(keys.c.limit_nanos.is_(None), _PERIOD_USAGE + keys.c.reserved_nanos + bindparam("amount") <= keys.c.limit_nanos),
+    )
+    .values(period_usage_nanos=_PERIOD_USAGE, period_start_ms=_PERIOD_START, reserved_nanos=keys.c.reserved_nanos + bindparam("amount"))
+)
+_TAKE_RESERVATION = (
+    delete(reservations)
+    .where(reservations.c.id == bindparam("reservation"))
+    .returning(reservations.c.key_hash, reservations.c.amount_nanos)
+)
+_SETTLE = (
+    update(keys)
+    .where(keys.c.hash == bindparam("key_hash"))
+    .values(
+        reserved_nanos=keys.c.reserved_nanos - bindparam("held"),
+        usage_nanos=keys.c.usage_nanos + bindparam("cost"),
+        period_usage_nanos=_PERIOD_USAGE + bindparam("cost"),
+        period_start_ms=_PERIOD_START,
+    )
+)
+
+
+def _period_starts(now_ms: int) -> dict[str, int]:
+    return {f"{reset}_start": period_start(reset, now_ms) for reset in LIMIT_RESETS}
+
 
 class Store:
     def __init__(self, url: str, clock: Clock = system_clock) -> None:
@@ -160,10 +193,10 @@ class Store:
     # --- schema ------------------------------------------------------------------------------------
     async def migrate(self) -> None:
         """Upgrade the schema to the newest migration; several processes may call it at once."""
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
         from alembic import command
         from alembic.config import Config
 
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-start INFO lines say nothing new
         config = Config()
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
 
@@ -286,31 +319,17 @@ class Store:
             return int((await conn.execute(query)).scalar_one())
 
     # --- limits -------------------------------------------------------------------------------------
-    def _current_period_usage(self, now_ms: int) -> Any:
-        """SQL: the key row's period usage as of `now_ms` (zero once its period has rolled over)."""
-        start = case(
-            *((keys.c.limit_reset == reset, period_start(reset, now_ms)) for reset in LIMIT_RESETS), else_=0
-        )
-        return case((keys.c.period_start_ms < start, 0), else_=keys.c.period_usage_nanos), start
-
     async def reserve(self, key_hash: str, amount_nanos: int) -> str | None:
         """Hold `amount_nanos` of the key's limit; the reservation's id, or None when it would pass the limit."""
         now = self.clock()
-        usage, start = self._current_period_usage(now)
-        fits = or_(keys.c.limit_nanos.is_(None), usage + keys.c.reserved_nanos + amount_nanos <= keys.c.limit_nanos)
         reservation = uuid.uuid4().hex
         async with self._write() as conn:
-            taken = await conn.execute(
-                update(keys)
-                .where(keys.c.hash == key_hash, fits)
-                .values(period_usage_nanos=usage, period_start_ms=start, reserved_nanos=keys.c.reserved_nanos + amount_nanos)
-            )
+            taken = await conn.execute(_RESERVE, {"key_hash": key_hash, "amount": amount_nanos, **_period_starts(now)})
             if taken.rowcount != 1:
                 return None
             await conn.execute(
-                insert(reservations).values(
-                    id=reservation, key_hash=key_hash, amount_nanos=amount_nanos, expires_at_ms=now + RESERVATION_LEASE_MS
-                )
+                insert(reservations),
+                {"id": reservation, "key_hash": key_hash, "amount_nanos": amount_nanos, "expires_at_ms": now + RESERVATION_HOLD_MS},
             )
         return reservation
 
@@ -324,31 +343,20 @@ class Store:
         async with self._write() as conn:
             if reservation is not None or generation.key_hash is not None:
                 await self._settle(conn, reservation, generation.key_hash, generation.cost_nanos)
-            await conn.execute(insert(generations).values(**generation.__dict__))
+            await conn.execute(insert(generations), generation.__dict__)
 
     async def _settle(self, conn: AsyncConnection, reservation: str | None, key_hash: str | None, cost_nanos: int) -> None:
         held = 0
         if reservation is not None:
-            gone = delete(reservations).where(reservations.c.id == reservation)
-            row = (await conn.execute(gone.returning(reservations.c.key_hash, reservations.c.amount_nanos))).first()
-            if row is not None:  # else swept after its lease: nothing held any more
+            row = (await conn.execute(_TAKE_RESERVATION, {"reservation": reservation})).first()
+            if row is not None:  # else swept once expired: nothing held any more
                 key_hash, held = key_hash or row.key_hash, row.amount_nanos
-        if key_hash is None:
-            return
-        usage, start = self._current_period_usage(self.clock())
-        await conn.execute(
-            update(keys)
-            .where(keys.c.hash == key_hash)
-            .values(
-                reserved_nanos=keys.c.reserved_nanos - held,
-                usage_nanos=keys.c.usage_nanos + cost_nanos,
-                period_usage_nanos=usage + cost_nanos,
-                period_start_ms=start,
-            )
-        )
+        if key_hash is not None:
+            params = {"key_hash": key_hash, "held": held, "cost": cost_nanos, **_period_starts(self.clock())}
+            await conn.execute(_SETTLE, params)
 
     async def sweep_reservations(self) -> int:
-        """Give back reservations past their lease (left by a server that died); how many."""
+        """Give back expired reservations (left by a server that died); how many."""
         async with self._write() as conn:
             expired = delete(reservations).where(reservations.c.expires_at_ms < self.clock())
             rows = (await conn.execute(expired.returning(reservations.c.key_hash, reservations.c.amount_nanos))).all()

@@ -10,7 +10,7 @@ import pytest
 from conftest import FakeClock, with_store
 
 from imagemini.store.clock import period_start
-from imagemini.store.store import KEY_PREFIX, RESERVATION_LEASE_MS, Generation, Store, hash_key
+from imagemini.store.store import KEY_PREFIX, RESERVATION_HOLD_MS, Generation, Store, hash_key
 
 
 def generation(key_hash: str | None, cost_nanos: int, created_at_ms: int = 0, **fields) -> Generation:
@@ -159,18 +159,18 @@ def test_changing_limit_reset_counts_the_new_period_from_the_ledger(store_url):
     with_store(store_url, body, clock=clock)
 
 
-def test_reservations_left_by_a_dead_server_are_swept_after_their_lease(store_url):
+def test_reservations_left_by_a_dead_server_are_swept_once_expired(store_url):
     clock = FakeClock.at("2026-03-04T12:00:00")
 
     async def body(dead: Store, alive: Store) -> None:
         _, key = await alive.create_key("k", limit_nanos=1_000)
         left_behind = await dead.reserve(key.hash, 1_000)
         assert left_behind is not None and await alive.reserve(key.hash, 1) is None
-        assert await alive.sweep_reservations() == 0, "not before its lease ends"
-        clock.advance(RESERVATION_LEASE_MS / 1000 + 1)
+        assert await alive.sweep_reservations() == 0, "not before it expires"
+        clock.advance(RESERVATION_HOLD_MS / 1000 + 1)
         assert await alive.sweep_reservations() == 1
         assert (await alive.get_key(key.hash)).reserved_nanos == 0
-        # A request that outlived its lease still records its cost, without giving back twice.
+        # A request that outlived its reservation still records its cost, without giving back twice.
         await dead.record(generation(key.hash, 300), left_behind)
         after = await alive.get_key(key.hash)
         assert (after.reserved_nanos, after.usage_nanos) == (0, 300)
