@@ -165,6 +165,9 @@ class KeyFields(BaseModel):
         out: dict[str, Any] = {}
         if "limit_reset" in given and self.limit_reset not in (None, *LIMIT_RESETS):
             raise bad_request(f"limit_reset must be one of {', '.join(LIMIT_RESETS)} or null", param="limit_reset")
+        for field in ("name", "disabled"):
+            if field in given and getattr(self, field) is None:
+                raise bad_request(f"{field} cannot be null", param=field)
         for field in ("name", "disabled", "limit_reset", "requests_per_minute", "tokens_per_minute"):
             if field in given:
                 out[field] = getattr(self, field)

@@ -34,7 +34,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import BigInteger, bindparam, case, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from .clock import LIMIT_RESETS, Clock, period_start, system_clock
@@ -141,17 +141,17 @@ class Generation:
 KEY_CHANGES = ("name", "disabled", "limit_nanos", "limit_reset", "requests_per_minute", "tokens_per_minute", "expires_at_ms")
 
 # The statements of every request, built once (bound parameters: daily_start, weekly_start,
-# monthly_start from _period_starts, and their own).
+# monthly_start from _period_starts, and their own; BigInteger, as asyncpg types them strictly).
 # The key row's current period start, and its period usage as of now (zero once the period rolled over):
-_PERIOD_START = case(*((keys.c.limit_reset == reset, bindparam(f"{reset}_start")) for reset in LIMIT_RESETS), else_=0)
+_PERIOD_START = case(*((keys.c.limit_reset == reset, bindparam(f"{reset}_start", type_=BigInteger)) for reset in LIMIT_RESETS), else_=0)
 _PERIOD_USAGE = case((keys.c.period_start_ms < _PERIOD_START, 0), else_=keys.c.period_usage_nanos)
 _RESERVE = (
     update(keys)
     .where(
         keys.c.hash == bindparam("key_hash"),
-        or_(keys.c.limit_nanos.is_(None), _PERIOD_USAGE + keys.c.reserved_nanos + bindparam("amount") <= keys.c.limit_nanos),
+        or_(keys.c.limit_nanos.is_(None), _PERIOD_USAGE + keys.c.reserved_nanos + bindparam("amount", type_=BigInteger) <= keys.c.limit_nanos),
     )
-    .values(period_usage_nanos=_PERIOD_USAGE, period_start_ms=_PERIOD_START, reserved_nanos=keys.c.reserved_nanos + bindparam("amount"))
+    .values(period_usage_nanos=_PERIOD_USAGE, period_start_ms=_PERIOD_START, reserved_nanos=keys.c.reserved_nanos + bindparam("amount", type_=BigInteger))
 )
 _TAKE_RESERVATION = (
     delete(reservations)
@@ -162,9 +162,9 @@ _SETTLE = (
     update(keys)
     .where(keys.c.hash == bindparam("key_hash"))
     .values(
-        reserved_nanos=keys.c.reserved_nanos - bindparam("held"),
-        usage_nanos=keys.c.usage_nanos + bindparam("cost"),
-        period_usage_nanos=_PERIOD_USAGE + bindparam("cost"),
+        reserved_nanos=keys.c.reserved_nanos - bindparam("held", type_=BigInteger),
+        usage_nanos=keys.c.usage_nanos + bindparam("cost", type_=BigInteger),
+        period_usage_nanos=_PERIOD_USAGE + bindparam("cost", type_=BigInteger),
         period_start_ms=_PERIOD_START,
     )
 )
