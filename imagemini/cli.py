@@ -1,6 +1,7 @@
 """The `imagemini` command.
 
     imagemini serve [--model DIR] [--host H] [--port P]     the OpenAI-compatible server
+    imagemini keys create|list|show|disable|delete          API keys of the store (store/commands.py)
     imagemini generate "prompt" [--model DIR] [...]          one completion, printed
     imagemini generate "draw ..." --out picture.png          ... that starts with an image, saved
     imagemini bench text [--concurrency 1 8] [...]           decode speed vs transformers
@@ -58,6 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from imagemini.api.settings import ServerSettings
 
+    from imagemini.store.clock import clock_from_env
+    from imagemini.store.commands import check_serving_rule, store_url
+    from imagemini.store.store import Store
+
+    url = store_url(args, create=False)
+    check_serving_rule(args.host, args.port, url, args.api_key, args.no_auth)
     model_dir = args.model or default_model_dir()
     settings = ServerSettings.from_env()
     if args.allow_image_urls:
@@ -65,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.allow_private_urls:
         settings = replace(settings, allow_private_urls=True)
     app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key,
-                     settings=settings, engine_threads=args.engine_threads)
+                     settings=settings, engine_threads=args.engine_threads,
+                     store=Store(url, clock_from_env()) if url else None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=15)
 
 
@@ -157,11 +165,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine-threads", type=int, default=None,
                    help="torch threads of the engine process (default: one per core but one, left to HTTP)")
     p.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve on a non-loopback --host without any key (refused otherwise); keys in the store still apply")
+    from imagemini.store.commands import add_keys_command, add_store_arguments
+
+    add_store_arguments(p)
     p.add_argument("--allow-image-urls", action="store_true",
                    help="fetch http(s) image/file URLs of requests (off: only data: URLs); IMAGEMINI_ALLOW_IMAGE_URLS")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="with --allow-image-urls: also loopback/private/link-local addresses; IMAGEMINI_ALLOW_PRIVATE_URLS")
     p.set_defaults(func=cmd_serve)
+
+    add_keys_command(sub)
 
     p = sub.add_parser("generate", help="print one completion")
     _engine_args(p)
@@ -211,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "http":
             b.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
             b.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
+            b.add_argument("--ledger", action="store_true",
+                           help="instead: tokens/s and p50 latency with keys and the SQLite ledger on vs off")
         b.set_defaults(func=cmd_bench)
     from imagemini.bench import images as bench_images
 

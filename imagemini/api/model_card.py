@@ -105,8 +105,14 @@ class Prices:
     def cost(
         self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
     ) -> float:
+        return float(self.exact_cost(prompt_tokens, completion_tokens, reasoning_tokens, image_tokens, input_images))
+
+    def exact_cost(
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
+    ) -> Decimal:
+        """USD, exact: usage.cost is its float, the ledger keeps it in nano-dollars."""
         text_tokens = completion_tokens - reasoning_tokens - image_tokens
-        total = (
+        return (
             self.request
             + input_images * self.image
             + prompt_tokens * self.prompt
@@ -114,7 +120,11 @@ class Prices:
             + reasoning_tokens * self.internal_reasoning
             + image_tokens * self.image_output
         )
-        return float(total)
+
+    def worst_case(self, prompt_tokens: int, max_completion_tokens: int, input_images: int = 0) -> Decimal:
+        """The most a request can cost: every completion token at the dearest completion price."""
+        dearest = max(self.completion, self.internal_reasoning, self.image_output)
+        return self.request + input_images * self.image + prompt_tokens * self.prompt + max_completion_tokens * dearest
 
 
 def _usd(value: Decimal) -> str:

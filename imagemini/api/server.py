@@ -8,6 +8,8 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     GET  /v1/models                   {"object": "list", "data": [model card]}
     GET  /v1/models/{id}              the model card
     GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
+    /api/v1/key, /keys, /credits, /generation   OpenRouter's platform API: platform.py (keys and the
+                                      ledger live in imagemini/store/; who may call: access.py)
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
@@ -25,8 +27,10 @@ from fastapi import FastAPI
 
 from imagemini.engine.async_engine import AsyncEngine
 from imagemini.engine.engine import EngineConfig
+from imagemini.store.store import Store
 
 from . import errors
+from .platform import platform_router
 from .routes import api_router, health_router
 from .settings import ServerSettings
 from .state import ServerState, on_shutdown_signal
@@ -40,14 +44,17 @@ def create_app(
     *,
     settings: ServerSettings | None = None,
     engine_threads: int | None = None,
+    store: Store | None = None,
 ) -> FastAPI:
-    """Starts the engine process (`engine_threads` torch threads) and waits until it is ready."""
+    """Starts the engine process (`engine_threads` torch threads) and waits until it is ready.
+    With a `store`: keys, limits and the ledger (migrated at start-up)."""
     settings = settings or ServerSettings.from_env()
     engine = AsyncEngine(model_dir, config, max_pending=max_pending, threads=engine_threads)
-    state = ServerState.build(Path(model_dir), engine, settings, api_keys)
+    state = ServerState.build(Path(model_dir), engine, settings, api_keys, store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.open_store()
         state.engine.start()
         restore_signals = on_shutdown_signal(state.begin_drain)
         try:
@@ -61,5 +68,6 @@ def create_app(
     errors.install(app)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
+    app.include_router(platform_router, prefix="/api/v1")
     app.include_router(health_router)
     return app

@@ -196,7 +196,11 @@ def run_server(model_dir: Path, *args: str, env: dict[str, str] | None = None, l
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(model_dir), "--port", str(port), "--dtype", "float32", *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        # No store unless a test gives one: a developer's default store (~/.local/share/imagemini) stays out.
+        isolated = {"IMAGEMINI_DATA_DIR": str(log_dir / "no-store"), "IMAGEMINI_DATABASE_URL": ""}
+        process = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **isolated, **(env or {})}
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
         _wait_healthy(server)

@@ -19,6 +19,14 @@ def test_every_timing_runs_at_each_concurrency(tiny_checkpoint):
         assert all(rate > 0 for rate in row.values())
 
 
+def test_the_ledger_cost_is_timed_on_and_off(tiny_checkpoint):
+    args = argparse.Namespace(model=tiny_checkpoint, dtype="float32", max_tokens=6, concurrency=[2], repeats=1,
+                              engine_threads=None, ledger=True)
+    results = http.main(args)
+    assert set(results) == {2} and set(results[2]) == {"off", "on", "off_p50", "on_p50"}
+    assert all(0 < value < float("inf") for value in results[2].values())
+
+
 def test_sse_lines_read_as_a_client_reads_them():
     chunk = http.sse_chunk('data: {"usage": {"completion_tokens": 3}}')
     assert chunk == {"usage": {"completion_tokens": 3}}
