@@ -24,6 +24,7 @@ from imagemini.engine import structured
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
 from imagemini.models import random_fixture
+from imagemini.world.scene import COLORS, SHAPES, SIZES
 
 from .text import _prompts
 
@@ -35,9 +36,9 @@ SCHEMA = {
     "$defs": {"object": {
         "type": "object",
         "properties": {
-            "shape": {"enum": ["circle", "square", "triangle", "cross"]},
-            "color": {"enum": ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]},
-            "size": {"enum": ["small", "large"]},
+            "shape": {"enum": list(SHAPES)},
+            "color": {"enum": list(COLORS)},
+            "size": {"enum": list(SIZES)},
             "cell": {"type": "integer", "minimum": 0, "maximum": 8},
             "id": {"type": "string", "pattern": "^[a-z]{2}[0-9]{2}$"},
             "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
