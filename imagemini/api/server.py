@@ -17,10 +17,12 @@ its cache; generated images to PNG). README.md documents the whole API.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from imagemini.engine.async_engine import AsyncEngine
@@ -30,6 +32,8 @@ from . import errors
 from .routes import api_router, health_router
 from .settings import ServerSettings
 from .state import ServerState, on_shutdown_signal
+
+log = logging.getLogger("imagemini")
 
 
 def create_app(
@@ -63,3 +67,16 @@ def create_app(
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
     app.include_router(health_router)
     return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run `app` with uvicorn; once it listens, say where the model page is."""
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+                log.info("ready: model page and playground at http://%s:%d/ (API at http://%s:%d/v1)", shown, port, shown, port)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=15)).run()

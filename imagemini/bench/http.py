@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from imagemini.bench.text import PROMPTS, _prompts, bench_engine
+from imagemini.bench.text import PROMPTS, _prompts, bench_engine, add_arguments as _text_arguments
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.models import random_fixture
 
@@ -70,6 +70,12 @@ def served(path: Path | str, dtype: str, engine_threads: int | None = None):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _text_arguments(p)
+    p.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
+    p.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
 
 
 def main(args: argparse.Namespace) -> dict[int, dict[str, float]]:
