@@ -87,11 +87,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def _generate_image(engine, model_dir: Path, prompt: list[int], args: argparse.Namespace) -> None:
     """As `modalities: ["image"]` on the server: the answer starts with an image; each image the
     answer holds is saved (OUT, then OUT-2.png, ...); text after it is printed."""
-    from imagemini.api.encoder import ImageWriter
-    from imagemini.api.state import image_output
     from imagemini.engine.params import SamplingParams
+    from imagemini.models.image_output import ImageOutput, ImageWriter
 
-    image = image_output(model_dir, engine.tokenizer, engine.model.cfg, enabled=engine.tokenizer.special.boi is not None)
+    image = ImageOutput.from_dir(model_dir, engine.tokenizer, engine.model.cfg)
     if not image.enabled:
         raise ValueError("this checkpoint cannot generate images (its tokenizer has no begin-of-image token)")
     params = SamplingParams(
@@ -101,7 +100,7 @@ def _generate_image(engine, model_dir: Path, prompt: list[int], args: argparse.N
         seed=args.seed,
         image_output=True,
         guidance_scale=args.guidance_scale if args.guidance_scale is not None else image.guidance_scale,
-        banned_token_ids=tuple(t for t in (engine.tokenizer.special.eoi, engine.tokenizer.special.image) if t is not None),
+        banned_token_ids=image.banned_ids(drawing=True),
     )
     result = engine.generate([prompt + list(image.start_ids)], params)[0]
     writer = ImageWriter(engine.model)

@@ -279,20 +279,3 @@ class PromptEncoder:
         flush()
         return ids
 
-
-def image_start_ids(tokenizer: Tokenizer, prefix: str | None = None) -> list[int]:
-    """What to append to a generation prompt so that the answer starts with an image.
-
-    The text the template writes between the generation prompt and an assistant message's
-    content (" " for imagemini's template: "<|Assistant|>:" then " " ANSWER), then
-    begin-of-image. `prefix` (generation_config.json `image_start_prefix`) overrides the text.
-    """
-    boi = tokenizer.special.boi
-    if prefix is None:
-        sentinel = "\ue000imagemini-answer\ue001"
-        user = [{"role": "user", "content": "x"}]
-        prompt = tokenizer.render_chat(user, add_generation_prompt=True)
-        full = tokenizer.render_chat([*user, {"role": "assistant", "content": sentinel}], add_generation_prompt=False)
-        before = full.split(sentinel)[0]
-        prefix = before[len(prompt):] if sentinel in full and before.startswith(prompt) else ""
-    return tokenizer.encode(prefix) + [boi] if prefix else [boi]

@@ -12,14 +12,14 @@ content chunks, one finish chunk per choice, then ALWAYS one usage chunk with `c
 failure after the stream started is a last chunk with `error` and `finish_reason: "error"`;
 the stream then ends without usage or `[DONE]`.
 
-Generated images (image output, issue 6) are decoded by the VQ decoder into PNG data URLs off
+Generated images (image output) are decoded by the VQ decoder into PNG data URLs off
 the event loop, and come back in `message.images` (non-stream) or, in a stream, as
 `delta.images` in the chunk of the step that completed them. Their codes count in
 `completion_tokens` and in `completion_tokens_details.image_tokens`.
 
-A thought (reasoning, issue 8) comes back as `message.reasoning` + `message.reasoning_details`,
+A thought (reasoning) comes back as `message.reasoning` + `message.reasoning_details`,
 in a stream as `delta.reasoning` + `delta.reasoning_details`, unless the request excluded it; its
-tokens always count in `completion_tokens_details.reasoning_tokens` (api/structured.py).
+tokens always count in `completion_tokens_details.reasoning_tokens` (api/reasoning.py).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from imagemini.engine.sequence import SequenceOutput
 from imagemini.engine.sequence import TokenLogprob as EngineLogprob
 import torch
 
+from imagemini.models.image_output import ImageWriter
 from imagemini.models.tokenizer import Tokenizer
 
-from .encoder import ImageWriter
 from .errors import APIError, bad_request, internal_error, overloaded
 from .model_card import LoadedCard
 from .schemas import (

@@ -1,11 +1,9 @@
-"""The model's image ends on the API side: input images -> prompt embeddings (with a cache), and
-generated code grids -> PNG data URLs.
+"""Input images -> prompt embeddings, with a cache (generated images become PNGs in
+imagemini/models/image_output.py).
 
     vision = VisionEncoder(model, processor, EncoderCache(256 << 20))
     ids = vision.with_echo(ids, images)             # the last image's codes, where the checkpoint asks (processor.py)
     embeds = vision.prompt_embeds(ids, images)      # blocking: call it with asyncio.to_thread
-    writer = ImageWriter(model)
-    url = writer.png_data_url(codes)                # blocking too: "data:image/png;base64,..."
 
 Encoder cache: the vision encoder's output for one image ([N, hidden], model dtype) under a key
 made of the image's content key (media.py: sha256 of its bytes, or of the PDF page it is) and
@@ -18,15 +16,12 @@ resized once: the last few preprocessed pictures are kept for that.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import threading
 from collections import OrderedDict
 
 import torch
-from PIL import Image
 
 from imagemini.models.janus import Janus
 from imagemini.models.processor import Processor
@@ -165,18 +160,3 @@ class VisionEncoder:
             embeds[mask] = rows
         return embeds
 
-
-class ImageWriter:
-    """Code grids -> PNG (the VQ decoder; one image per call, so the same codes give the same bytes)."""
-
-    def __init__(self, model: Janus) -> None:
-        self.model = model
-
-    def png(self, codes: list[int]) -> bytes:
-        pixels = self.model.decode_image_pixels(codes).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
-        return buffer.getvalue()
-
-    def png_data_url(self, codes: list[int]) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png(codes)).decode("ascii")

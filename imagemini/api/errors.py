@@ -66,6 +66,10 @@ def overloaded(message: str, retry_after_s: int) -> APIError:
     return APIError(503, message, type="server_error", code="overloaded", headers={"Retry-After": str(retry_after_s)})
 
 
+def model_not_found(model: str, param: str | None = None) -> APIError:
+    return APIError(404, f"The model '{model}' does not exist on this server.", param=param, code="model_not_found")
+
+
 def internal_error(message: str | None = None) -> APIError:
     message = message or "The server had an error while processing your request."
     return APIError(500, message, type="server_error", code="internal_error")

@@ -66,7 +66,7 @@ SUPPORTED_PARAMETERS = [
     "top_p",
 ]
 
-# Added when the checkpoint can think (api/structured.py: thinking_supported).
+# Added when the checkpoint can think (api/reasoning.py: thinking_supported).
 REASONING_PARAMETERS = ["include_reasoning", "reasoning"]
 REASONING_EFFORTS = ["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 

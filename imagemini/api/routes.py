@@ -9,11 +9,11 @@ Content type: POST bodies must be `application/json` (or `+json`); anything else
 is a 400 `invalid_content_type` (OpenAI answers request problems with 400, and the SDK then
 raises BadRequestError). Nesting deeper than `max_json_depth` is a 400 `nesting_too_deep`.
 
-A chat request with images or files: the parts are checked (chat.py), their bytes decoded or
-downloaded and PDFs read (media.py), the prompt rendered and encoded (one image token per image,
-then BOI + N placeholders + EOI each), the token budget checked, then the images encoded by the
-vision encoder (cached, encoder.py) into the prompt embeddings the engine runs on. Everything
-heavy runs in worker threads, never on the event loop.
+A chat request flows once: body read and parsed here, planned (plan.py: every check, the
+prompt, budgets, reasoning, grammar, one SamplingParams per choice), submitted (capacity, the
+prompt's images encoded by the vision encoder, encoder.py, every choice handed to the engine),
+then answered as JSON or SSE (completions.py). Everything heavy runs in worker threads, never on
+the event loop.
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from .chat import has_media, parse_messages, resolve_messages, too_many_images
 from .completions import ChoiceRuns, ResponseContext, complete, refusal, stream_events
-from .errors import APIError, bad_request, from_validation_error
-from .sampling import check_request, check_room_for_image, choice_params, completion_budget, draws_first
+from .errors import APIError, bad_request, from_validation_error, model_not_found
+from .plan import CompletionPlan, plan_completion
 from .schemas import ChatCompletionRequest, ModelList
 from .state import ServerState
-from .structured import card_thinks, constrain, reasoning_plan, response_grammar
 
 T = TypeVar("T")
 
@@ -130,7 +128,8 @@ async def chat_completions(request: Request) -> Response:
     state = server(request)
     data = await read_json_body(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     chat = parse_chat_request(data)
-    runs, ctx = await start_completion(state, chat)
+    plan = await plan_completion(state, chat)
+    runs, ctx = await submit(state, chat, plan)
     # Safety net: however this request's task ends (response sent, client gone before the stream
     # began, cancelled at shutdown), no choice keeps running in the engine for nobody.
     asyncio.current_task().add_done_callback(lambda _: runs.cancel())
@@ -143,58 +142,24 @@ async def chat_completions(request: Request) -> Response:
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
-async def start_completion(state: ServerState, chat: ChatCompletionRequest) -> tuple[ChoiceRuns, ResponseContext]:
-    """Check the request against this checkpoint, then submit every choice to the engine."""
-    limits, settings = state.limits, state.settings
-    check_request(chat, limits)
-    if not state.card.matches(chat.model):
-        raise model_not_found(chat.model, param="model")
-    plan = reasoning_plan(chat, state.card)  # thinking on/off (structured.py)
-    grammar = await response_grammar(chat, state.engine.frontend.grammars)  # compiled in a worker thread
-    inputs = state.card.inputs
-    messages = parse_messages(chat.messages, accept_images="image" in inputs, accept_files="file" in inputs)
-
-    def prepare() -> tuple[list[int], list]:
-        resolved = resolve_messages(messages, state.media, settings.max_images)
-        ids, images = state.prompts.encode(resolved, **plan.template_options)
-        if len(images) > settings.max_images:
-            raise too_many_images(len(images), settings.max_images)
-        return state.vision.with_echo(state.processor.expand_images(ids), images), images
-
-    if has_media(messages):
-        async with state.media_slots:
-            ids, images = await asyncio.to_thread(prepare)
-    else:
-        ids, images = prepare()
-    drawing_first = draws_first(chat, limits.image)
-    if drawing_first:
-        ids = ids + list(limits.image.start_ids)  # the answer starts with an image
-    plan.check_draws_first(drawing_first)
-    budget = completion_budget(chat, len(ids), limits)
-    budget, thought = plan.budgets(chat, budget, len(ids), limits)
-    if drawing_first:
-        check_room_for_image(chat, budget, len(ids), limits)
-    params = choice_params(chat, budget, limits)
-    params = constrain(params, grammar, thought, state.engine.limits.think if card_thinks(state.card) else None)
-    state.check_capacity(len(params))
-    embeds = None
-    if images:
-        async with state.encode_slots:
-            embeds = await asyncio.to_thread(state.vision.prompt_embeds, ids, images)
+async def submit(state: ServerState, chat: ChatCompletionRequest, plan: CompletionPlan) -> tuple[ChoiceRuns, ResponseContext]:
+    """Every choice of the plan to the engine, admitted all or none."""
+    state.check_capacity(plan.num_choices)
+    embeds = await state.prompt_embeds(plan.prompt_ids, plan.images)
     ctx = ResponseContext(
         id=f"chatcmpl-{secrets.token_hex(12)}",
         created=int(time.time()),
         model=state.card.id,
         system_fingerprint=state.engine.system_fingerprint,
-        prompt_tokens=len(ids),
+        prompt_tokens=len(plan.prompt_ids),
         logprobs=bool(chat.logprobs),
         tokenizer=state.engine.tokenizer,
         card=state.card,
-        input_images=len(images),
+        input_images=len(plan.images),
         writer=state.writer if chat.wants_image else None,
-        show_reasoning=plan.thinking and not plan.exclude,
+        show_reasoning=plan.reasoning.shows_thought,
     )
-    runs = ChoiceRuns(state.engine, ids, params, ctx.id, embeds)
+    runs = ChoiceRuns(state.engine, plan.prompt_ids, plan.params, ctx.id, embeds)
     try:
         await runs.start()
     except Exception as exc:
@@ -224,10 +189,6 @@ async def _disconnected(request: Request) -> None:
 
 
 # --- models ---------------------------------------------------------------------------------------
-def model_not_found(model: str, param: str | None = None) -> APIError:
-    return APIError(404, f"The model '{model}' does not exist on this server.", param=param, code="model_not_found")
-
-
 @api_router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(ModelList(data=[server(request).card.card]).model_dump(mode="json"))

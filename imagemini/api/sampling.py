@@ -1,12 +1,13 @@
-"""A validated request -> what the engine runs: the token budget and one SamplingParams per choice.
+"""A validated request -> the checks, budgets and per-choice SamplingParams its plan is made of (plan.py).
 
     check_request(request, limits)                      # cross-field rules, unsupported features, image_config
     budget = completion_budget(request, len(ids), limits)
-    params = choice_params(request, budget, limits)     # len == n
+    params = choice_params(request, budget, limits, grammar, thought)   # len == n, each with its seed
 
-Image output (issue 6): `modalities` with "image" sets SamplingParams.image_output (begin-of-image
-is no longer banned; the engine draws a whole image when the model opens one) and
-`guidance_scale` (image_config.guidance_scale, else generation_config.json, else 5).
+Image output: `modalities` with "image" sets SamplingParams.image_output (begin-of-image is no
+longer banned; the engine draws a whole image when the model opens one) and `guidance_scale`
+(image_config.guidance_scale, else generation_config.json, else 5); what the checkpoint draws
+and bans is imagemini/models/image_output.py.
 
 Field ranges are checked by the pydantic models (schemas.py); what needs more than one field
 or needs the checkpoint (vocabulary, context length) is checked here, each failure a 400
@@ -19,30 +20,11 @@ import hashlib
 from dataclasses import dataclass
 
 from imagemini.engine.params import SamplingParams
+from imagemini.engine.structured import Grammar
+from imagemini.models.image_output import ImageOutput
 
 from .errors import APIError, bad_request, unsupported
 from .schemas import ChatCompletionRequest
-
-
-@dataclass(frozen=True)
-class ImageOutput:
-    """What the checkpoint can draw, and its image sampling defaults (generation_config.json)."""
-
-    enabled: bool  # the card offers image output
-    num_tokens: int  # codes per image
-    resolution: int  # side of a generated image in pixels
-    guidance_scale: float = 5.0  # default of image_config.guidance_scale
-    temperature: float | None = None  # default temperature of image requests (else 1)
-    top_p: float | None = None  # default top_p of image requests (else 1)
-    start_after_prompt: bool = False  # generation_config image_start_after_prompt: always start drawing
-    start_ids: tuple[int, ...] = ()  # appended to the prompt to start drawing: template text + BOI
-    aspect_ratios: tuple[str, ...] = ("1:1",)
-    image_sizes: tuple[str, ...] = ("1K",)  # "1K" = the checkpoint's native size
-
-    @property
-    def tokens_per_image(self) -> int:
-        """Completion tokens one image takes: begin-of-image, the codes, end-of-image."""
-        return self.num_tokens + 2
 
 
 @dataclass(frozen=True)
@@ -52,17 +34,17 @@ class Limits:
     max_sequence_tokens: int  # prompt + completion must fit: min(model context, whole KV budget)
     default_max_tokens: int  # cap when the request names no max_completion_tokens
     vocab_size: int
-    banned_token_ids: tuple[int, ...]  # text-only mode: begin-of-image can never be sampled
-    image_banned_token_ids: tuple[int, ...] = ()  # image mode: placeholder / end-of-image (the engine closes images)
-    image: ImageOutput = ImageOutput(enabled=False, num_tokens=0, resolution=0)
+    image: ImageOutput  # what the checkpoint draws, and which tokens a request that may (not) draw never samples
+    # A checkpoint that can think: its delimiters, never sampled by a completion without a thought
+    # (so no thought leaks into the answer).
+    think_ids: tuple[int, ...] | None = None
 
 
-def check_request(request: ChatCompletionRequest, limits: Limits | None = None) -> None:
+def check_request(request: ChatCompletionRequest, limits: Limits) -> None:
     refused = request.unsupported_fields()
     if refused:
         raise unsupported(*refused[0])
-    if limits is not None:
-        check_image_request(request, limits.image)
+    check_image_request(request, limits.image)
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs requires logprobs: true", param="top_logprobs")
     if (
@@ -166,13 +148,21 @@ def choice_seed(seed: int | None, index: int) -> int | None:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def choice_params(request: ChatCompletionRequest, max_tokens: int, limits: Limits) -> list[SamplingParams]:
+def choice_params(
+    request: ChatCompletionRequest, max_tokens: int, limits: Limits, grammar: Grammar | None = None, thought: int = 0
+) -> list[SamplingParams]:
+    """One SamplingParams per choice, each with its seed; `grammar` constrains the answer and
+    `thought` (0: none) is the thought's budget."""
+
     def value(x, default):
         return default if x is None else x
 
     image = limits.image
     drawing = request.wants_image
     config = request.image_config
+    banned = image.banned_ids(drawing)
+    if not thought and limits.think_ids:
+        banned = (*banned, *limits.think_ids)  # without a thought, no delimiter may open one
     base = dict(
         max_tokens=max_tokens,
         # Image requests default to the checkpoint's image sampling settings (generation_config.json);
@@ -185,11 +175,13 @@ def choice_params(request: ChatCompletionRequest, max_tokens: int, limits: Limit
         logprobs=bool(request.logprobs),
         top_logprobs=value(request.top_logprobs, 0),
         stop=request.stop_strings,
-        banned_token_ids=limits.image_banned_token_ids if drawing else limits.banned_token_ids,
+        banned_token_ids=banned,
         image_output=drawing,
         guidance_scale=value(config.guidance_scale if config else None, image.guidance_scale),
+        grammar=grammar,
+        reasoning_budget=thought or None,
     )
     try:
         return [SamplingParams(seed=choice_seed(request.seed, i), **base) for i in range(value(request.n, 1))]
-    except ValueError as exc:  # the engine's own checks: the schema should have caught it first
+    except ValueError as exc:  # the engine's own checks: the schema and the budgets should have caught it first
         raise bad_request(str(exc)) from None

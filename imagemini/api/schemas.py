@@ -12,7 +12,7 @@ range is declared on its field. The rule for fields this module does not declare
 Responses follow OpenAI's `CreateChatCompletionResponse` / `...StreamResponse`, plus
 OpenRouter's additive fields (`usage.cost`, `usage.completion_tokens_details.image_tokens`,
 `message.images` / `delta.images` with generated pictures, `message.reasoning` /
-`message.reasoning_details` and their `delta` twins with the thought (issue 8, api/structured.py);
+`message.reasoning_details` and their `delta` twins with the thought (api/reasoning.py);
 those are left out of the JSON while they are None).
 """
 
@@ -88,7 +88,7 @@ class ChatMessage(_Request):
     # that turn's pictures (assistant messages only; api/chat.py places them).
     images: list[ImageUrlPart] | None = None
     # An earlier answer's thought, as this server returned it: accepted, NOT rendered into the
-    # prompt (earlier thoughts are dropped from the history, as DeepSeek-R1 does; api/structured.py).
+    # prompt (earlier thoughts are dropped from the history, as DeepSeek-R1 does; api/reasoning.py).
     reasoning: str | None = None
     reasoning_details: list[dict[str, Any]] | None = None
 
@@ -176,10 +176,10 @@ class ChatCompletionRequest(_Request):
     store: bool | None = None  # false/null only: nothing is stored (true is refused below)
     service_tier: Literal["auto", "default"] | None = None
     parallel_tool_calls: bool | None = None  # meaningless without tools
-    # --- image output (issue 6) ------------------------------------------------------------------
+    # --- image output ---------------------------------------------------------------------------
     modalities: Annotated[list[Literal["text", "image"]], Field(min_length=1)] | None = None
     image_config: ImageConfig | None = None
-    # --- structured output and reasoning (issue 8, api/structured.py) -----------------------------
+    # --- structured output and reasoning (api/response_format.py, api/reasoning.py) ---------------
     response_format: ResponseFormat | None = None
     structured_outputs: bool | None = None  # OpenRouter's capability flag: accepted, no effect of its own
     reasoning: ReasoningConfig | None = None
@@ -375,7 +375,7 @@ class TopProvider(BaseModel):
 
 
 class ReasoningCapability(BaseModel):
-    """What a checkpoint that can think accepts (api/structured.py): every effort maps to a budget."""
+    """What a checkpoint that can think accepts (api/reasoning.py): every effort maps to a budget."""
 
     supported_efforts: list[str]
     default_effort: str

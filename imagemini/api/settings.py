@@ -33,7 +33,7 @@ class ServerSettings:
     # Retry-After (seconds) on 503 when the request queue is full or the server is draining.
     retry_after_s: int = 1
 
-    # --- images and files in (issue 5) --------------------------------------------------------
+    # --- images and files in ---------------------------------------------------------------------
     # JSON nesting depth of the body (objects and arrays); a real request needs 6.
     max_json_depth: int = 32
     # Images per request: image_url parts plus the page images of PDFs.

@@ -1,4 +1,5 @@
-"""What the routes share: the engine, the model card, the limits, and the server's lifecycle.
+"""What the routes share: the engine, the model card, the limits, the model's parts the API uses
+(tokenizer, grammar compiler, image encoder and decoder), and the server's lifecycle.
 
     state = ServerState.build(model_dir, async_engine, settings, api_keys)
     app.state.server = state          # routes read it from request.app.state.server
@@ -12,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-import logging
-import math
 import signal
 import threading
 from collections.abc import Callable
@@ -22,21 +20,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from imagemini.engine.async_engine import AsyncEngine
-from imagemini.models.config import JanusConfig
+from imagemini.engine.structured import GrammarCompiler
+from imagemini.models.image_output import ImageOutput, ImageWriter
 from imagemini.models.processor import Processor
-from imagemini.models.tokenizer import Tokenizer
 
-from .chat import PromptEncoder, image_start_ids
-from .encoder import EncoderCache, ImageWriter, VisionEncoder
+from .chat import PromptEncoder
+from .encoder import EncoderCache, VisionEncoder
 from .errors import APIError, overloaded
-from .media import MediaReader
+from .media import InputImage, MediaReader
 from .model_card import LoadedCard, load_card
-from .sampling import ImageOutput, Limits
-from .structured import thinking_supported
+from .reasoning import card_thinks, thinking_supported
+from .sampling import Limits
 from .settings import ServerSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +45,7 @@ class ServerState:
     settings: ServerSettings
     api_keys: tuple[str, ...] = ()
     processor: Processor | None = None
+    grammars: GrammarCompiler | None = None
     prompts: PromptEncoder | None = None
     media: MediaReader | None = None
     vision: VisionEncoder | None = None
@@ -60,26 +59,25 @@ class ServerState:
 
     @classmethod
     def build(cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None) -> "ServerState":
-        tokenizer, model, limits = engine.tokenizer, engine.frontend.model, engine.limits
+        """The API's model parts (tokenizer, grammar compiler, the model's image encoder and decoder)
+        are the ones the engine loaded in this process (async_engine.py: EngineFrontend); they are
+        taken from it here, once, and reached through this state everywhere else."""
+        frontend, limits = engine.frontend, engine.limits
+        tokenizer, model = frontend.tokenizer, frontend.model
         max_sequence = min(limits.context_length, limits.kv_budget_tokens)
-        special = tokenizer.special
-        # Text-only mode: no image span can start, so no image placeholder/end can follow either.
-        banned = tuple(t for t in (special.boi, special.eoi, special.image) if t is not None)
-        # Image mode: the model may open an image; the engine itself closes it.
-        image_banned = tuple(t for t in (special.eoi, special.image) if t is not None)
         card = load_card(model_dir, limits.context_length, max_sequence, reasoning=thinking_supported(tokenizer))
         processor = Processor.from_dir(model_dir, tokenizer)
-        limits = Limits(
+        request_limits = Limits(
             max_sequence_tokens=max_sequence,
             default_max_tokens=settings.default_max_tokens,
             vocab_size=tokenizer.vocab_size,
-            banned_token_ids=banned,
-            image_banned_token_ids=image_banned,
-            image=image_output(model_dir, tokenizer, model.cfg, "image" in card.outputs and special.boi is not None),
+            image=ImageOutput.from_dir(model_dir, tokenizer, model.cfg, offered="image" in card.outputs),
+            think_ids=limits.think if card_thinks(card) else None,
         )
         return cls(
-            engine, card, limits, settings, tuple(api_keys or ()),
+            engine, card, request_limits, settings, tuple(api_keys or ()),
             processor=processor,
+            grammars=frontend.grammars,
             prompts=PromptEncoder(tokenizer),
             # PDF pages are also given as images only to a model that takes images.
             media=MediaReader(
@@ -111,6 +109,14 @@ class ServerState:
                 self.settings.retry_after_s,
             )
 
+    async def prompt_embeds(self, ids: list[int], images: list[InputImage]) -> torch.Tensor | None:
+        """The prompt's embeddings with its images encoded, in a worker thread (a bounded number of
+        requests at once); None for a prompt without images: the engine embeds its ids itself."""
+        if not images:
+            return None
+        async with self.encode_slots:
+            return await asyncio.to_thread(self.vision.prompt_embeds, ids, images)
+
     def health(self) -> dict[str, Any]:
         engine, stats = self.engine, self.engine.stats
         return {
@@ -135,36 +141,6 @@ class ServerState:
     async def finish_drain(self) -> None:
         self.begin_drain()
         await self._drain_task
-
-
-def image_output(model_dir: Path, tokenizer: Tokenizer, config: JanusConfig, enabled: bool) -> ImageOutput:
-    """The checkpoint's image output and its defaults from generation_config.json:
-    guidance_scale, temperature, top_p (image sampling), and imagemini's own
-    image_start_after_prompt (bool) / image_start_prefix (text before begin-of-image)."""
-    path = Path(model_dir) / "generation_config.json"
-    try:
-        gen = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        log.warning("%s is not valid JSON: image defaults ignored", path)
-        gen = {}
-
-    def number(key: str, low: float, high: float) -> float | None:
-        value = gen.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return min(max(float(value), low), high)
-        return None
-
-    prefix = gen.get("image_start_prefix")
-    return ImageOutput(
-        enabled=enabled,
-        num_tokens=config.vq.num_patches**2,
-        resolution=config.image_resolution,
-        guidance_scale=number("guidance_scale", 1.0, 20.0) or 5.0,
-        temperature=number("temperature", 0.0, 2.0),
-        top_p=number("top_p", 1e-6, 1.0),
-        start_after_prompt=bool(gen.get("image_start_after_prompt", False)),
-        start_ids=tuple(image_start_ids(tokenizer, prefix if isinstance(prefix, str) else None)) if enabled else (),
-    )
 
 
 def _unauthorized(message: str) -> APIError:

@@ -11,8 +11,8 @@ under torch's sync-debug mode and every host-device synchronisation is counted (
 meant to have none: `Collator`, `loss_fn`). `--profile` prints the torch profiler's top ops
 of one step: where the time goes.
 
-A lent GPU lasts minutes; run this first (a minute of device time), then train with the
-batch size that gives the most tokens per second.
+GPU time is usually short: run this first (about a minute), then train with the batch size
+that gives the most tokens per second.
 """
 
 from __future__ import annotations

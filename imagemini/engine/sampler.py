@@ -1,6 +1,6 @@
 """Turning one step's logits into tokens, one row per sequence, each row by its own rules.
 
-For each row, in this order (OpenAI's semantics, design §5):
+For each row, in this order (OpenAI's semantics; docs/design.md, "Sampler order"):
 1. logprobs are the log-softmax of the *raw* model logits (before any of the below);
 2. frequency/presence penalties: logit[j] -= c[j]*frequency + (c[j] > 0)*presence,
    c[j] = times token j was generated so far in this completion;

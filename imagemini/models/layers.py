@@ -2,12 +2,12 @@
 
 `Linear` is `nn.Linear` with one extra switch, `row_tile`: when set (the engine sets it),
 every matmul runs on fixed blocks of `row_tile` rows. On CPU, the GEMM kernel — and so the
-rounding of each output row — is chosen by the number of rows (design §7), so without this
-a request's logits would depend on how many other requests share its batch. With fixed
-tiles every row always meets the same kernel, whatever else is in the batch. Where a probe at
-set-up shows that a block of fewer rows gets each of its rows bit for bit what the whole tile
-gives it (oneDNN's bf16 kernels on this AVX-512 CPU, for our weights), short blocks skip their
-padding rows: the same numbers for less work.
+rounding of each output row — is chosen by the number of rows (docs/design.md, "Seed
+guarantee"), so without this a request's logits would depend on how many other requests
+share its batch. With fixed tiles every row always meets the same kernel, whatever else is in
+the batch. Where a probe at set-up shows that a block of fewer rows gets each of its rows bit
+for bit what the whole tile gives it (oneDNN's bf16 kernels on this AVX-512 CPU, for our
+weights), short blocks skip their padding rows: the same numbers for less work.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Linear(DirectCall, nn.Linear):
     @torch.no_grad()
     def probe_short_blocks(self) -> None:
         """Whether m < row_tile rows give each row exactly what a whole tile gives it, for every m.
-        The kernel's arithmetic is chosen by shape, not by values (design §7), so one random tile
+        The kernel's arithmetic is chosen by shape, not by values, so one random tile
         per m settles it for this weight, dtype and thread count."""
         tile = self.row_tile
         self.short_blocks_exact = False

@@ -3,9 +3,9 @@
     codes = vq.encode(pixels)        # [n, 3, S, S] in [-1, 1] -> [n, (S/f)²] code ids
     pixels = vq.decode(codes)        # [n, (S/f)²] -> [n, 3, S, S]
 
-Mirrors transformers' JanusVQVAE, including its asymmetry (design §8): decoding looks up
-L2-normalised codebook vectors, encoding measures plain distances. Checkpoints whose
-codebook is saved normalised (ours are) behave the same both ways.
+Mirrors transformers' JanusVQVAE, including its asymmetry (docs/design.md, "Images in,
+images out"): decoding looks up L2-normalised codebook vectors, encoding measures plain
+distances. Checkpoints whose codebook is saved normalised (ours are) behave the same both ways.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from PIL import Image
 
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
+from imagemini.models.image_output import ImageOutput
 from imagemini.models.processor import Processor
 from imagemini.world import Scene, SceneParseError, parse_image, render
 from imagemini.world.tasks import Example, ImageRef, chat_messages, generate, is_heldout_combo
@@ -176,9 +177,9 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234, split: str = 
     )
     image_jobs = [ex for task in IMAGE_TASKS for ex in per_task[task]]
     prompts = [_prompt(engine, proc, ex, False) for ex in image_jobs]
-    space_boi = engine.tokenizer.encode(" ") + [engine.tokenizer.special.boi]
-    results = engine.generate([p + space_boi for p, _ in prompts], params, [
-        None if e is None else torch.cat([e, engine.model.embed_tokens(torch.tensor(space_boi)).to(e.dtype)]) for _, e in prompts
+    start = list(ImageOutput.from_dir(model_dir, engine.tokenizer, engine.model.cfg).start_ids)  # as the server starts an image
+    results = engine.generate([p + start for p, _ in prompts], params, [
+        None if e is None else torch.cat([e, engine.model.embed_tokens(torch.tensor(start)).to(e.dtype)]) for _, e in prompts
     ])
     checks: dict[str, list[bool]] = defaultdict(list)
     strict: dict[str, list[bool]] = defaultdict(list)

@@ -1,9 +1,9 @@
 """The bundled shapes-world model behind the real server, through the `openai` SDK: what it reads
-from a rendered picture (issue 5) and what it draws and keeps when editing (issue 6), judged by
-the scene parser. Greedy text and fixed seeds, so outcomes are fixed on a given machine; the bars
-are what this checkpoint does with some margin for other CPUs' kernels (its own counts are in
-the comments). The tests print the rates; the model card reports the held-out ones. A random
-checkpoint fails every assertion here.
+from a rendered picture and what it draws and keeps when editing, judged by the scene parser.
+Greedy text and fixed seeds, so outcomes are fixed on a given machine; the bars are what this
+checkpoint does with some margin for other CPUs' kernels (its own counts are in the comments).
+The tests print the rates; the model card reports the held-out ones. A random checkpoint fails
+every assertion here.
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def test_every_supported_parameter_is_accepted(server, http):
         "max_tokens": 2, "n": 2, "presence_penalty": 0.5, "seed": 3, "stop": ["zz"], "temperature": 0.5,
         "top_logprobs": 2, "top_p": 0.5, "modalities": ["image", "text"],
         "image_config": {"aspect_ratio": "1:1", "image_size": "1K", "guidance_scale": 3.0},
-        "response_format": {"type": "json_object"}, "structured_outputs": True,  # issue 8
+        "response_format": {"type": "json_object"}, "structured_outputs": True,
         "reasoning": {"effort": "low"}, "include_reasoning": True,  # the tiny checkpoint has think delimiters
     }
     card = http.get(f"{server.url}/v1/models/{MODEL_ID}").json()

@@ -1,4 +1,4 @@
-"""Images out (issue 6), end to end through the `openai` SDK and raw HTTP against a real server.
+"""Images out, end to end through the `openai` SDK and raw HTTP against a real server.
 
 One server for the module: a copy of the tiny random checkpoint (a 64-code VQ grid, 64x64 PNGs)
 with a model card that prices image codes apart. Its images are noise, but every path is real:

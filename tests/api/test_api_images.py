@@ -1,4 +1,4 @@
-"""Images and files in (issue 5), end to end through the `openai` SDK and raw HTTP against a real server.
+"""Images and files in, end to end through the `openai` SDK and raw HTTP against a real server.
 
 One server for the module: a copy of the tiny random checkpoint (64x64 input images, 64 image
 tokens) with a per-image price, started with `--allow-image-urls` (private addresses still

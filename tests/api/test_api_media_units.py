@@ -1,4 +1,4 @@
-"""Units of images and files in (issue 5), in-process and fast: prompt encoding without special-token
+"""Units of images and files in, in-process and fast: prompt encoding without special-token
 injection, the URL fetcher's SSRF rules against a local HTTP server, decoding limits, the encoder
 cache, JSON depth, settings."""
 
@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mediatest import data_url, make_pdf, png_bytes
 
-from imagemini.api.chat import Message, PromptEncoder, image_start_ids, resolve_messages
+from imagemini.api.chat import Message, PromptEncoder, resolve_messages
 from imagemini.api.encoder import EncoderCache
 from imagemini.api.errors import APIError
 from imagemini.api.fetch import FetchPolicy, address_allowed, fetch
 from imagemini.api.media import FileRef, ImageRef, InputImage, MediaReader, b64decode, file_type, parse_data_url, read_pdf
 from imagemini.api.routes import json_depth
 from imagemini.api.settings import ServerSettings
+from imagemini.models.image_output import ImageOutput, image_start_ids
 from imagemini.models.tokenizer import Tokenizer
 
 
@@ -290,7 +291,7 @@ def test_settings_from_env():
 def test_the_card_decides_what_is_accepted(tmp_path):
     from imagemini.api.chat import parse_messages
     from imagemini.api.model_card import load_card
-    from imagemini.api.sampling import ImageOutput, check_image_request
+    from imagemini.api.sampling import check_image_request
     from imagemini.api.schemas import ChatCompletionRequest
 
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -14,7 +14,7 @@ import shutil
 import pytest
 from apitest import check_stream_framing, post_stream
 
-from imagemini.api.structured import EFFORT_PERCENT
+from imagemini.api.reasoning import EFFORT_PERCENT
 
 MODEL = "imagemini/tiny-thinker"
 PLAIN = "imagemini/tiny-nothink"

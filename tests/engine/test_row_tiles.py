@@ -37,8 +37,8 @@ def test_every_row_gets_what_its_padded_tile_gives(dtype, rows):
 
 
 def test_a_kernel_whose_rows_depend_on_the_block_keeps_its_padding(monkeypatch):
-    """A kernel that rounds differently for short blocks (as CPU GEMMs may, design §7) fails the
-    probe, and then every call is padded to whole tiles."""
+    """A kernel that rounds differently for short blocks (as CPU GEMMs may: docs/design.md,
+    "Seed guarantee") fails the probe, and then every call is padded to whole tiles."""
     calls: list[int] = []
 
     def block_dependent(self, block):

@@ -1,24 +1,10 @@
-"""`response_format` and reasoning: from request fields to what the engine runs (issue 8).
+"""Reasoning: from the request's reasoning fields to whether the answer opens with a thought, and its budget.
 
-    plan = reasoning_plan(request, card)                           # thinking on/off, exclude; 400 on conflicts
-    grammar = await response_grammar(request, engine.grammars)     # compiled in a worker thread; None for text
-    ids = prompts.encode(messages, thinking=plan.thinking)         # the template opens the thought
-    budget, thought = plan.budgets(request, budget, len(ids), limits)
-    params = constrain(params, grammar, thought, think_ids)        # SamplingParams.grammar / reasoning_budget
+    reasoning = reasoning_plan(request, card)                   # thinking on/off, exclude; 400 on conflicts
+    ids = prompts.encode(messages, **reasoning.template_options)  # the template opens the thought
+    budget, thought = reasoning.budgets(request, budget, len(ids), limits)
 
-STRUCTURED OUTPUT. `{"type": "json_object"}` is any JSON object; `{"type": "json_schema",
-"json_schema": {"name", "description", "schema", "strict"}}` a JSON value valid under `schema`
-(read as JSON Schema 2020-12; an absent schema is any JSON value). The answer is decoded under
-the schema's grammar (llguidance, engine/structured.py) and ends as soon as the value is
-complete (finish_reason "stop"). A completion cut by its token budget (finish_reason "length")
-or by a stop string is NOT valid JSON. With `strict: true`, and always for json_object, a
-schema feature the grammar engine cannot enforce (uniqueItems, contains, not, if/then/else,
-dependentRequired, propertyNames, unknown formats, look-around in patterns, overlapping oneOf,
-...) is a 400 `unsupported_schema_feature` whose message names it; an invalid schema is a 400
-`invalid_json_schema`. Without strict, those features are ignored (best effort, as OpenAI's
-non-strict mode) and everything else is enforced. Compiled grammars are cached (LRU, by hash).
-
-REASONING. Thinking needs a checkpoint whose tokenizer has think delimiters and whose template
+Thinking needs a checkpoint whose tokenizer has think delimiters and whose template
 opens a thought with `thinking=True` (`thinking_supported`); a request that asks to think on any
 other checkpoint is a 400. The thought's budget is in tokens, its closing delimiter included:
 - `reasoning.max_tokens: n` -> the thought has at most n tokens (0 = no thought); n must be below
@@ -36,14 +22,8 @@ max_completion_tokens - budget tokens. Grammars and stop strings apply to the an
 
 from __future__ import annotations
 
-import asyncio
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import jsonschema
-
-from imagemini.engine.params import SamplingParams
-from imagemini.engine.structured import Grammar, GrammarCompiler, GrammarError, check_json_schema, json_grammar
 from imagemini.models.tokenizer import Tokenizer
 
 from .errors import bad_request
@@ -51,61 +31,11 @@ from .model_card import LoadedCard
 from .sampling import Limits
 from .schemas import ChatCompletionRequest
 
-SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SCHEMA_PARAM = "response_format.json_schema.schema"
-
 # Percent of the completion budget a thought may take, per effort (OpenRouter's proportions).
 EFFORT_PERCENT = {"none": 0, "minimal": 10, "low": 20, "medium": 50, "high": 80, "xhigh": 95, "max": 95}
 DEFAULT_EFFORT = "medium"
 
 
-# --- structured output ------------------------------------------------------------------------------
-def _compile(compiler: GrammarCompiler, schema: dict, strict: bool) -> Grammar:
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        message = f"{SCHEMA_PARAM}: invalid JSON Schema at {where}: {exc.message}"
-        raise bad_request(message, SCHEMA_PARAM, "invalid_json_schema") from None
-    try:
-        check_json_schema(schema, strict)
-        return compiler.compile(json_grammar(schema, strict))
-    except GrammarError as exc:
-        hint = " (strict mode refuses every schema feature the grammar engine cannot enforce)" if strict else ""
-        raise bad_request(f"{SCHEMA_PARAM}: {exc}{hint}", SCHEMA_PARAM, "unsupported_schema_feature") from None
-
-
-def format_schema(request: ChatCompletionRequest) -> tuple[dict, bool] | None:
-    """(schema, strict) of the request's response_format; None for plain text. Checks the name."""
-    fmt = request.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    if request.wants_image:
-        raise bad_request(
-            "response_format json_object / json_schema cannot be combined with image output (modalities)",
-            "response_format", "unsupported_value",
-        )
-    if fmt.type == "json_object":
-        return {"type": "object"}, True
-    spec = fmt.json_schema
-    if not SCHEMA_NAME.match(spec.name):
-        raise bad_request(
-            "response_format.json_schema.name must be 1 to 64 characters of a-z, A-Z, 0-9, '_' and '-'",
-            "response_format.json_schema.name", "invalid_value",
-        )
-    return (spec.schema_ if spec.schema_ is not None else {}), bool(spec.strict)
-
-
-async def response_grammar(request: ChatCompletionRequest, compiler: GrammarCompiler) -> Grammar | None:
-    """The compiled grammar of the request's response_format, off the event loop (a large schema
-    never stalls other requests); None for text."""
-    spec = format_schema(request)
-    if spec is None:
-        return None
-    return await asyncio.to_thread(_compile, compiler, *spec)
-
-
-# --- reasoning ------------------------------------------------------------------------------------------
 def thinking_supported(tokenizer: Tokenizer) -> bool:
     """The checkpoint can think: both think delimiters, and a template that opens a thought."""
     special = tokenizer.special
@@ -126,6 +56,11 @@ class ReasoningPlan:
     @property
     def template_options(self) -> dict[str, bool]:
         return {"thinking": True} if self.thinking else {}
+
+    @property
+    def shows_thought(self) -> bool:
+        """The thought's text goes out with the answer (reasoning on and not excluded)."""
+        return self.thinking and not self.exclude
 
     def check_draws_first(self, drawing_first: bool) -> None:
         if self.thinking and drawing_first:
@@ -195,23 +130,3 @@ def _asks(enabled: bool | None, effort: str | None, max_tokens: int | None) -> b
 def card_thinks(card: LoadedCard) -> bool:
     return card.card.reasoning is not None
 
-
-def constrain(
-    params: list[SamplingParams], grammar: Grammar | None, thought: int, think_ids: tuple[int, ...] | None
-) -> list[SamplingParams]:
-    """Each choice's params with the grammar and the thought budget. On a checkpoint that can think,
-    a request without a thought never samples the delimiters (so no thought leaks into the answer)."""
-    if grammar is None and not think_ids:
-        return params
-    out = []
-    try:
-        for p in params:
-            if thought:
-                out.append(replace(p, grammar=grammar, reasoning_budget=thought))
-            elif think_ids:
-                out.append(replace(p, grammar=grammar, banned_token_ids=(*p.banned_token_ids, *think_ids)))
-            else:
-                out.append(replace(p, grammar=grammar))
-    except ValueError as exc:  # the engine's own checks (the budgets above should have caught it)
-        raise bad_request(str(exc)) from None
-    return out
