@@ -8,6 +8,7 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     GET  /v1/models                   {"object": "list", "data": [model card]}
     GET  /v1/models/{id}              the model card
     GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
+    GET  /, /playground               the model page and playground (imagemini/web/)
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
@@ -27,6 +28,7 @@ from fastapi import FastAPI
 
 from imagemini.engine.async_engine import AsyncEngine
 from imagemini.engine.engine import EngineConfig
+from imagemini.web.routes import web_router
 
 from . import errors
 from .routes import api_router, health_router
@@ -62,10 +64,12 @@ def create_app(
 
     app = FastAPI(title="imagemini", version="0.1.0", lifespan=lifespan)
     app.state.server = state
+    app.state.model_dir = Path(model_dir)
     errors.install(app)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
     app.include_router(health_router)
+    app.include_router(web_router)  # the model page and playground (imagemini/web/)
     return app
 
 
