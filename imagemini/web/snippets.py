@@ -26,20 +26,30 @@ class Snippet:
 
 def snippets(facts: "PageFacts") -> list[Snippet]:
     base = f"{facts.base_url}v1"
-    client = f'client = OpenAI(base_url="{base}", api_key=os.environ.get("IMAGEMINI_API_KEY", "unused"))'
+    client = f'client = OpenAI(base_url={json.dumps(base)}, api_key=os.environ.get("IMAGEMINI_API_KEY", "unused"))'
+    out = [_curl(facts, base), Snippet("Python (openai), streamed", "python", _streamed(client, facts.model_id))]
+    if "image" in facts.outputs:
+        out.append(Snippet("Draw a picture and save it as PNG", "python", _drawn(client, facts.model_id)))
+    if "image" in facts.outputs and "image" in facts.inputs:
+        out.append(Snippet("Edit a picture", "python", _edited(client, facts.model_id)))
+    return out
+
+
+def _curl(facts: "PageFacts", base: str) -> Snippet:
     body = json.dumps({"model": facts.model_id, "messages": [{"role": "user", "content": "Hello!"}]})
-    auth = '  -H "Authorization: Bearer $IMAGEMINI_API_KEY" \\\n' if facts.needs_key else ""
     quoted = "'" + body.replace("'", "'\\''") + "'"  # one shell word, whatever the model id holds
-    out = [
-        Snippet("curl", "bash", f"curl {base}/chat/completions \\\n  -H \"Content-Type: application/json\" \\\n{auth}"
-                f"  -d {quoted}"),
-        Snippet("Python (openai), streamed", "python", f'''import os
+    auth = '  -H "Authorization: Bearer $IMAGEMINI_API_KEY" \\\n' if facts.needs_key else ""
+    return Snippet("curl", "bash", f'curl {base}/chat/completions \\\n  -H "Content-Type: application/json" \\\n{auth}  -d {quoted}')
+
+
+def _streamed(client: str, model_id: str) -> str:
+    return f'''import os
 
 from openai import OpenAI
 
 {client}
 stream = client.chat.completions.create(
-    model="{facts.model_id}",
+    model={json.dumps(model_id)},
     messages=[{{"role": "user", "content": "What can you do?"}}],
     stream=True,
 )
@@ -47,17 +57,18 @@ for chunk in stream:
     if chunk.choices and chunk.choices[0].delta.content:
         print(chunk.choices[0].delta.content, end="", flush=True)
 print()
-'''),
-    ]
-    if "image" in facts.outputs:
-        out.append(Snippet("Draw a picture and save it as PNG", "python", f'''import base64
+'''
+
+
+def _drawn(client: str, model_id: str) -> str:
+    return f'''import base64
 import os
 
 from openai import OpenAI
 
 {client}
 reply = client.chat.completions.create(
-    model="{facts.model_id}",
+    model={json.dumps(model_id)},
     messages=[{{"role": "user", "content": "{DRAW_PROMPT}"}}],
     extra_body={{"modalities": ["image", "text"]}},
     seed=1,
@@ -66,9 +77,11 @@ url = reply.choices[0].message.images[0]["image_url"]["url"]  # "data:image/png;
 with open("picture.png", "wb") as f:
     f.write(base64.b64decode(url.split(",", 1)[1]))
 print("saved picture.png")
-'''))
-    if "image" in facts.outputs and "image" in facts.inputs:
-        out.append(Snippet("Edit a picture", "python", f'''import base64
+'''
+
+
+def _edited(client: str, model_id: str) -> str:
+    return f'''import base64
 import os
 
 from openai import OpenAI
@@ -77,7 +90,7 @@ from openai import OpenAI
 with open("picture.png", "rb") as f:
     picture = "data:image/png;base64," + base64.b64encode(f.read()).decode()
 reply = client.chat.completions.create(
-    model="{facts.model_id}",
+    model={json.dumps(model_id)},
     messages=[{{"role": "user", "content": [
         {{"type": "image_url", "image_url": {{"url": picture}}}},
         {{"type": "text", "text": "{EDIT_PROMPT}"}},
@@ -89,5 +102,4 @@ url = reply.choices[0].message.images[0]["image_url"]["url"]
 with open("edited.png", "wb") as f:
     f.write(base64.b64decode(url.split(",", 1)[1]))
 print("saved edited.png")
-'''))
-    return out
+'''

@@ -95,3 +95,7 @@ def test_400_px_wide_does_not_scroll_sideways(browser, web_server, path):
     page.locator("details.options summary").click()  # the options open too
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     context.close()
+
+
+def test_serve_says_where_the_page_is(web_server):
+    assert f"model page and playground at {web_server.url}/" in web_server.log()

@@ -223,6 +223,30 @@
     return turn;
   }
 
+  // The answer as the API returned it: its pictures stay on it, for an edit in the next turn.
+  function assistantMessage(turn) {
+    const message = { role: "assistant", content: turn.content };
+    if (turn.images.length) message.images = turn.images;
+    if (turn.reasoning) message.reasoning = turn.reasoning;
+    return message;
+  }
+
+  function reasoningBlock() {
+    const block = element("details", "reasoning");
+    block.append(element("summary", "", "Reasoning"), element("div", "text"));
+    return block;
+  }
+
+  function usageText(usage) {
+    const details = usage.completion_tokens_details || {};
+    const extra = [];
+    if (details.image_tokens) extra.push(`${details.image_tokens} image`);
+    if (details.reasoning_tokens) extra.push(`${details.reasoning_tokens} reasoning`);
+    const cost = typeof usage.cost === "number" ? ` · $${usage.cost.toFixed(6)}` : "";
+    return `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens` +
+      (extra.length ? ` (${extra.join(", ")})` : "") + cost;
+  }
+
   function addAssistantTurn() {
     const node = element("div", "turn assistant");
     node.append(element("div", "role", "Model"));
@@ -245,10 +269,8 @@
       },
       addReasoning(piece) {
         if (!reasoningText) {
-          const block = element("details", "reasoning");
-          block.append(element("summary", "", "Reasoning"));
-          reasoningText = element("div", "text");
-          block.append(reasoningText);
+          const block = reasoningBlock();
+          reasoningText = block.querySelector(".text");
           node.insertBefore(block, text);
         }
         turn.reasoning += piece;
@@ -265,15 +287,7 @@
         }
       },
       setUsage(usage) {
-        const details = usage.completion_tokens_details || {};
-        const extra = [];
-        if (details.image_tokens) extra.push(`${details.image_tokens} image`);
-        if (details.reasoning_tokens) extra.push(`${details.reasoning_tokens} reasoning`);
-        const cost = typeof usage.cost === "number" ? ` · $${usage.cost.toFixed(6)}` : "";
-        const line = element("div", "usage",
-          `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens` +
-          (extra.length ? ` (${extra.join(", ")})` : "") + cost);
-        node.append(line);
+        node.append(element("div", "usage", usageText(usage)));
       },
       finish(state) {
         status.textContent = state;
@@ -284,12 +298,6 @@
         line.setAttribute("role", "alert");
         node.insertBefore(line, status);
         status.textContent = "failed";
-      },
-      message() {
-        const message = { role: "assistant", content: turn.content };
-        if (turn.images.length) message.images = turn.images;
-        if (turn.reasoning) message.reasoning = turn.reasoning;
-        return message;
       },
     };
     return turn;
@@ -385,7 +393,7 @@
       userTurn.append(element("div", "status", "not sent: fix the problem and send again"));
       return;
     }
-    history.push(message, turn.message());
+    history.push(message, assistantMessage(turn));
     turn.finish(outcome === "stopped" ? "stopped" : turn.cutShort ? "stopped at the token limit" : "");
   }
 
