@@ -175,3 +175,17 @@ def test_the_api_key_is_sent_and_kept_in_this_browser(page, keyed_server, script
     page.reload()
     assert page.input_value("#api-key") == KEY
     assert page.locator("h1").inner_text() == CARD["name"]
+
+
+def test_reasoning_shows_in_a_collapsed_block(page, web_server):
+    open_playground(page, web_server, seed="2", max_tokens="80")
+    page.select_option("#effort", "low")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "How many circles are there?")
+    wait_done(page)
+    assert sent.value.post_data_json["reasoning"] == {"effort": "low"}
+    block = last_answer(page).locator("details.reasoning")
+    assert block.count() == 1 and block.get_attribute("open") is None
+    block.locator("summary").click()
+    assert block.locator(".text").inner_text().strip()
+    assert "reasoning" in last_answer(page).locator(".usage").inner_text()
