@@ -5,7 +5,8 @@
 THIS IS A TEST FIXTURE, NOT A MODEL: its weights are random (PyTorch default init, seed 0)
 and it answers gibberish. It exists so that the network, the engine and the API can be
 checked exactly against `transformers` on the same files, before and independently of the
-trained bundled model. Same seed and size -> byte-identical files.
+trained bundled model. Its tokenizer speaks the bundled model's chat format (`chat_format.py`).
+Same seed and size -> byte-identical files.
 """
 
 from __future__ import annotations
@@ -18,20 +19,9 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .chat_format import SPECIAL_TOKENS, tokenizer_config
 from .config import JanusConfig
 from .janus import Janus
-
-SPECIAL_TOKENS = [
-    "<｜begin▁of▁sentence｜>",
-    "<｜end▁of▁sentence｜>",
-    "<｜▁pad▁｜>",
-    "<image_placeholder>",
-    "<begin_of_image>",
-    "<end_of_image>",
-    "<think>",
-    "</think>",
-]
-CHAT_TEMPLATE = (Path(__file__).parent / "chat_template.jinja").read_text()
 
 SIZES = {
     # text decoder, vision encoder, VQ: kept small so CPU tests run in seconds
@@ -65,24 +55,6 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     return tok
-
-
-def tokenizer_config() -> dict:
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": SPECIAL_TOKENS[0],
-        "eos_token": SPECIAL_TOKENS[1],
-        "pad_token": SPECIAL_TOKENS[2],
-        "extra_special_tokens": {
-            "image_token": "<image_placeholder>",
-            "boi_token": "<begin_of_image>",
-            "eoi_token": "<end_of_image>",
-        },
-        "think_start_token": "<think>",
-        "think_end_token": "</think>",
-        "model_max_length": 1024,
-        "chat_template": CHAT_TEMPLATE,
-    }
 
 
 def janus_config(size: str, vocab_size: int, tok: Tokenizer) -> dict:

@@ -5,8 +5,9 @@
 Held-out examples (scene combinations and phrasings never trained on, see world/tasks.py) run
 through our own engine, batched. Text answers are compared exactly with the truth; drawn and
 edited images are decoded by the checkpoint's VQ and read back by the scene parser (no model),
-then scored by GenEval's rules with shape as the object class (`_geneval_checks`; their mean is
-`geneval_overall`) and, stricter, as whole scenes (`report["strict"]`, `draw_exact`, `edit_exact`).
+then scored by GenEval's rules with shape as the object class (their mean is `geneval_overall`)
+and, stricter, as whole scenes (`report["strict"]`, `draw_exact`, `edit_exact`): scoring.py holds
+the rules and the report's figures.
 Writes `report.json`, `answers.jsonl` (every example: question, truth, output, correct) and
 `samples.png` (a grid of drawings).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ from imagemini.engine.params import SamplingParams
 from imagemini.models.image_output import ImageOutput
 from imagemini.models.processor import Processor
 from imagemini.world import Scene, SceneParseError, parse_image, render
-from imagemini.world.tasks import Example, ImageRef, chat_messages, generate, is_heldout_combo
+from imagemini.world.chat import Example, ImageRef, chat_messages
+from imagemini.world.tasks import generate
+
+from .scoring import Tally
 
 TEXT_TASKS = {
     "vqa": ("count", "color_of", "where_is", "is_there", "bigger"),
@@ -43,8 +47,38 @@ TEXT_TASKS = {
     "smalltalk": ("smalltalk_greet", "smalltalk_capabilities", "smalltalk_decline"),
 }
 IMAGE_TASKS = ("draw", "edit_recolor", "edit_remove", "edit_add", "edit_move")
-#: GenEval's six scores; their mean is its overall score.
-GENEVAL = ("single_object", "two_objects", "counting", "colours", "position", "colour_attribution")
+SAMPLE_SHEET_SIZE = 64  # drawings on samples.png
+
+
+def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234, split: str = "heldout") -> dict:
+    """Scores `model_dir` on `n` examples of each task of `split`; writes report.json, answers.jsonl
+    and samples.png into `out` and returns the report."""
+    engine = Engine.from_checkpoint(model_dir, EngineConfig(dtype="bfloat16"))
+    proc = Processor.from_dir(model_dir, engine.tokenizer)
+    per_task = _examples(random.Random(seed), n, split)
+    tally = Tally()
+    for (group, example, thinking), got in _answer_text_tasks(engine, proc, per_task):
+        tally.add_text(group, example, thinking, got)
+    drawings = _draw_image_tasks(engine, proc, per_task, model_dir, seed)
+    for example, pixels in drawings:
+        tally.add_drawing(example, _read_scene(pixels))
+    report = {"model": str(model_dir), "split": split, "n_per_task": n, **tally.report()}
+    write_report(out, report, tally.answers)
+    sheet = [pixels for _, pixels in drawings if pixels is not None][:SAMPLE_SHEET_SIZE]
+    if sheet:
+        save_sample_sheet(sheet, out / "samples.png")
+    return report
+
+
+def _examples(rng: random.Random, n: int, split: str) -> dict[str, list[Example]]:
+    """The first `n` examples of every scored task that `rng` generates."""
+    per_task: dict[str, list[Example]] = defaultdict(list)
+    wanted = [t for group in TEXT_TASKS.values() for t in group] + list(IMAGE_TASKS)
+    while any(len(per_task[t]) < n for t in wanted):
+        for ex in generate(rng, 500, split=split):
+            if ex.task in wanted and len(per_task[ex.task]) < n:
+                per_task[ex.task].append(ex)
+    return per_task
 
 
 def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -> tuple[list[int], torch.Tensor | None]:
@@ -64,83 +98,12 @@ def _prompt(engine: Engine, proc: Processor, example: Example, thinking: bool) -
     return ids, embeds
 
 
-def _wording(example: Example) -> str:
-    return "new_wording" if example.heldout_phrasing else "train_wording"
-
-
-def _answer(example: Example, thinking: bool, got: str, ok: bool) -> dict:
-    truth = example.answer.describe() if isinstance(example.answer, Scene) else example.answer
-    question = " ".join(p for p in example.turns[-2].parts if isinstance(p, str))
-    images = [p.scene.describe() for t in example.turns[:-1] for p in t.parts if isinstance(p, ImageRef)]
-    return {"task": example.task, "thinking": thinking, "wording": _wording(example), "images": images,
-            "question": question, "truth": truth, "output": got, "correct": ok}
-
-
-def _geneval_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
-    """GenEval's rules (Ghosh et al. 2023, `evaluate_images.py`) with shape as the object class:
-    a requested object counts as drawn when one of its shape is there; colour and position are
-    checked on objects of the requested shape; counting also fails on one object too many."""
-    if got is None:
-        return dict.fromkeys(("present", "counting", "colours", "position"), False)
-
-    def drawn(*attrs: str) -> bool:
-        # every requested object's attributes, as often as requested, among the drawn objects'
-        key = lambda o: tuple(getattr(o, a) for a in attrs)  # noqa: E731
-        return not Counter(map(key, truth.objects)) - Counter(map(key, got.objects))
-
-    asked = Counter(o.shape for o in truth.objects)
-    return {
-        "present": drawn("shape"),
-        "counting": Counter(o.shape for o in got.objects if o.shape in asked) == asked,
-        "colours": drawn("shape", "color"),
-        "position": drawn("shape", "position"),
-    }
-
-
-def _object_checks(truth: Scene, got: Scene | None) -> list[tuple[str, bool]]:
-    """Each requested object: ("heldout_combo" or "train_combo", drawn exactly at its position)."""
-    at = {o.position: o for o in got.objects} if got is not None else {}
-    return [("heldout_combo" if is_heldout_combo(o.shape, o.color) else "train_combo", at.get(o.position) == o)
-            for o in truth.objects]
-
-
-def _strict_checks(truth: Scene, got: Scene | None) -> dict[str, bool]:
-    """Whole-scene checks (the figures reported before GenEval's rules, kept for comparison)."""
-    if got is None:
-        return {"exact": False, "count": False, "colors": False, "positions": False, "attribution": False}
-    t_objs, g_objs = truth.objects, got.objects
-    by_pos = {o.position: o for o in g_objs}
-    return {
-        "exact": got == truth,
-        "count": len(g_objs) == len(t_objs),
-        "colors": sorted(o.color for o in g_objs) == sorted(o.color for o in t_objs),
-        "positions": sorted(o.position for o in g_objs) == sorted(o.position for o in t_objs),
-        "attribution": sorted((o.shape, o.color) for o in g_objs) == sorted((o.shape, o.color) for o in t_objs)
-        and all(by_pos.get(o.position) is not None and by_pos[o.position].shape == o.shape for o in t_objs),
-    }
-
-
-def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234, split: str = "heldout") -> dict:
-    engine = Engine.from_checkpoint(model_dir, EngineConfig(dtype="bfloat16"))
-    proc = Processor.from_dir(model_dir, engine.tokenizer)
-    rng = random.Random(seed)
-    per_task: dict[str, list[Example]] = defaultdict(list)
-    wanted = [t for group in TEXT_TASKS.values() for t in group] + list(IMAGE_TASKS)
-    while any(len(per_task[t]) < n for t in wanted):
-        for ex in generate(rng, 500, split=split):
-            if ex.task in wanted and len(per_task[ex.task]) < n:
-                per_task[ex.task].append(ex)
-    report: dict = {"model": str(model_dir), "split": split, "n_per_task": n, "scores": {}}
-    n_codes = engine.num_image_tokens
-
-    # Text tasks (greedy); reasoning both with and without thinking.
-    jobs = []
-    for group, tasks in TEXT_TASKS.items():
-        for task in tasks:
-            for ex in per_task[task]:
-                jobs.append((group, ex, False))
-                if group == "reasoning":
-                    jobs.append((group, ex, True))
+def _answer_text_tasks(engine: Engine, proc: Processor,
+                       per_task: dict[str, list[Example]]) -> list[tuple[tuple[str, Example, bool], str]]:
+    """((group, example, thinking), answer) of every text task, greedy; reasoning both with and
+    without thinking."""
+    jobs = [(group, ex, think) for group, tasks in TEXT_TASKS.items() for task in tasks for ex in per_task[task]
+            for think in ((False, True) if group == "reasoning" else (False,))]
     prompts = [_prompt(engine, proc, ex, think) for _, ex, think in jobs]
     # With thinking on, the prompt opens the thought and the engine keeps it apart (the think
     # delimiters are special tokens: they never appear in the answer's text).
@@ -149,95 +112,57 @@ def evaluate(model_dir: Path, n: int, out: Path, seed: int = 1234, split: str = 
     results = engine.generate(
         [p for p, _ in prompts], [thinking if think else plain for _, _, think in jobs], [e for _, e in prompts]
     )
-    correct: dict[str, list[bool]] = defaultdict(list)
-    answers: list[dict] = []  # every example's question, truth and output: answers.jsonl
-    wording: dict[str, list[bool]] = defaultdict(list)  # held-out scenes asked in trained vs new words
-    for (group, ex, think), r in zip(jobs, results):
-        got = r["text"].strip()
-        if ex.task == "describe_json":
-            try:
-                ok = json.loads(got) == ex.answer
-            except json.JSONDecodeError:
-                ok = False
-        else:
-            ok = got == str(ex.answer).strip()
-        key = f"{group}_thinking" if think else group
-        answers.append(_answer(ex, think, got, ok))
-        correct[key].append(ok)
-        wording[f"{key}@{_wording(ex)}"].append(ok)
-        correct[f"task:{ex.task}{'+think' if think else ''}"].append(ok)
-    for key, oks in correct.items():
-        report["scores"][key] = round(sum(oks) / len(oks), 4)
+    return [(job, r["text"].strip()) for job, r in zip(jobs, results)]
 
-    # Drawing and editing: guided sampling with the checkpoint's defaults, judged by the parser.
+
+def _draw_image_tasks(engine: Engine, proc: Processor, per_task: dict[str, list[Example]], model_dir: Path,
+                      seed: int) -> list[tuple[Example, np.ndarray | None]]:
+    """(example, its first drawn picture as uint8 [S, S, 3], None if none) of every drawing and
+    editing task: guided sampling with the checkpoint's defaults."""
     gen = json.loads((model_dir / "generation_config.json").read_text())
     params = SamplingParams(
-        max_tokens=n_codes + 3, temperature=gen.get("temperature", 1.0), top_p=gen.get("top_p", 1.0),
+        max_tokens=engine.num_image_tokens + 3, temperature=gen.get("temperature", 1.0), top_p=gen.get("top_p", 1.0),
         image_output=True, guidance_scale=gen.get("guidance_scale", 5.0), seed=seed,
     )
-    image_jobs = [ex for task in IMAGE_TASKS for ex in per_task[task]]
-    prompts = [_prompt(engine, proc, ex, False) for ex in image_jobs]
+    jobs = [ex for task in IMAGE_TASKS for ex in per_task[task]]
     start = list(ImageOutput.from_dir(model_dir, engine.tokenizer, engine.model.cfg).start_ids)  # as the server starts an image
+    results = _generate_images(engine, [_prompt(engine, proc, ex, False) for ex in jobs], start, params)
+    return [(ex, engine.model.decode_image_pixels(r["images"][0]).numpy() if r["images"] else None)
+            for ex, r in zip(jobs, results)]
+
+
+def _generate_images(engine: Engine, prompts: list[tuple[list[int], torch.Tensor | None]], start: list[int],
+                     params: SamplingParams) -> list[dict]:
+    """Each (ids, embeddings) prompt generated on from `start`, the start of an image."""
     results = engine.generate([p + start for p, _ in prompts], params, [
         None if e is None else torch.cat([e, engine.model.embed_tokens(torch.tensor(start)).to(e.dtype)]) for _, e in prompts
     ])
-    checks: dict[str, list[bool]] = defaultdict(list)
-    strict: dict[str, list[bool]] = defaultdict(list)
-    objects: dict[str, list[bool]] = defaultdict(list)  # each requested object of a drawing, by pair
-    grid = []
-    for ex, r in zip(image_jobs, results):
-        scene = None
-        if r["images"]:
-            pixels = engine.model.decode_image_pixels(r["images"][0]).numpy()
-            if len(grid) < 64:
-                grid.append(pixels)
-            try:
-                scene = parse_image(pixels)
-            except SceneParseError:
-                scene = None
-        exact = scene == ex.answer
-        group = "draw" if ex.task == "draw" else "edit"
-        checks[f"{group}_exact"].append(exact)
-        wording[f"{group}_exact@{_wording(ex)}"].append(exact)
-        answers.append(_answer(ex, False, scene.describe() if scene else "(no scene read)", exact))
-        if group != "draw":
-            continue
-        for pair, ok in _object_checks(ex.answer, scene):
-            objects[pair].append(ok)
-        k = len(ex.answer.objects)
-        geneval, whole = _geneval_checks(ex.answer, scene), _strict_checks(ex.answer, scene)
-        if k == 1:
-            checks["single_object"].append(geneval["present"])
-            checks["colours"].append(geneval["colours"])
-            strict["single_object"].append(whole["exact"])
-        if k == 2:
-            checks["two_objects"].append(geneval["present"])
-            checks["colour_attribution"].append(geneval["colours"])
-            strict["two_objects"].append(whole["exact"])
-            strict["colour_attribution"].append(whole["attribution"])
-        checks["counting"].append(geneval["counting"])
-        checks["position"].append(geneval["position"])
-        strict["counting"].append(whole["count"])
-        strict["colours"].append(whole["colors"])
-        strict["position"].append(whole["positions"])
-    for key in ("draw_exact", "edit_exact", *GENEVAL):
-        oks = checks[key]
-        report["scores"][key] = round(sum(oks) / len(oks), 4) if oks else None  # None: no such example drawn
-    parts = [report["scores"].get(k) for k in GENEVAL]
-    report["scores"]["geneval_overall"] = round(sum(parts) / len(parts), 4) if None not in parts else None
-    report["strict"] = {key: round(sum(oks) / len(oks), 4) for key, oks in strict.items()}
-    report["draw_objects"] = {pair: round(sum(oks) / len(oks), 4) for pair, oks in sorted(objects.items())}
-    report["by_wording"] = {key: round(sum(oks) / len(oks), 4) for key, oks in sorted(wording.items())}
+    return results
+
+
+def _read_scene(pixels: np.ndarray | None) -> Scene | None:
+    """The scene the parser reads in a drawing (None: nothing drawn, or nothing it could read)."""
+    if pixels is None:
+        return None
+    try:
+        return parse_image(pixels)
+    except SceneParseError:
+        return None
+
+
+def write_report(out: Path, report: dict, answers: list[dict]) -> None:
+    """report.json and answers.jsonl (one row per example) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
-    if grid:
-        side = grid[0].shape[0]
-        cols = 8
-        rows = (len(grid) + cols - 1) // cols
-        sheet = np.full((rows * (side + 2), cols * (side + 2), 3), 255, dtype=np.uint8)
-        for i, img in enumerate(grid):
-            r, c = divmod(i, cols)
-            sheet[r * (side + 2) : r * (side + 2) + side, c * (side + 2) : c * (side + 2) + side] = img
-        Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(out / "samples.png")
-    return report
+
+
+def save_sample_sheet(pictures: list[np.ndarray], path: Path, cols: int = 8) -> None:
+    """uint8 [S, S, 3] pictures on a white sheet, `cols` to a row 2 px apart, saved at twice the size."""
+    side = pictures[0].shape[0]
+    rows = (len(pictures) + cols - 1) // cols
+    sheet = np.full((rows * (side + 2), cols * (side + 2), 3), 255, dtype=np.uint8)
+    for i, img in enumerate(pictures):
+        r, c = divmod(i, cols)
+        sheet[r * (side + 2) : r * (side + 2) + side, c * (side + 2) : c * (side + 2) + side] = img
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)

@@ -1,20 +1,22 @@
 """The bundled model's text tokenizer: a byte-level BPE trained on the task chats.
 
     import random
-    from imagemini.world.tasks import generate, render_text
+    from imagemini.world.chat import render_text
+    from imagemini.world.tasks import generate
     from imagemini.train.tokenizer import train_tokenizer, save_tokenizer_files
 
     tok = train_tokenizer(render_text(ex) for ex in generate(random.Random(0), 20_000))
     save_tokenizer_files(tok, "checkpoint_dir", max_length=1024)   # tokenizer.json + tokenizer_config.json
 
-Vocabulary, in id order: the Janus special tokens of the test fixture (``random_fixture.SPECIAL_TOKENS``:
+Vocabulary, in id order: the bundled model's special tokens (``chat_format.SPECIAL_TOKENS``:
 BOS, EOS, pad, ``<image_placeholder>``, ``<begin_of_image>``, ``<end_of_image>``, ``<think>``,
 ``</think>``; ids 0-7, special), the 256 byte symbols, the learned merges, and last the chat
-role markers ``<|User|>`` and ``<|Assistant|>`` as added *non-special* tokens (one id each, kept by
-decode: they are text the template writes, not control tokens). ``vocab_size`` counts all of them.
-Training text is cut at every special and role token first, as encoding cuts it, so no merge is
-spent on them. The config and chat template are the fixture's (``random_fixture.tokenizer_config``),
-so ``imagemini.models.tokenizer.Tokenizer.from_dir`` and ``PreTrainedTokenizerFast`` load the files.
+role markers ``<|User|>`` and ``<|Assistant|>`` (``chat_format.ROLE_TOKENS``) as added *non-special*
+tokens (one id each, kept by decode: they are text the template writes, not control tokens).
+``vocab_size`` counts all of them. Training text is cut at every special and role token first, as
+encoding cuts it, so no merge is spent on them. The config and chat template are the bundled
+model's (``chat_format.tokenizer_config``), so ``imagemini.models.tokenizer.Tokenizer.from_dir``
+and ``PreTrainedTokenizerFast`` load the files.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from imagemini.models.random_fixture import SPECIAL_TOKENS, tokenizer_config
+from imagemini.models.chat_format import ROLE_TOKENS, SPECIAL_TOKENS, tokenizer_config
 
-ROLE_TOKENS: tuple[str, ...] = ("<|User|>", "<|Assistant|>")
 _CUT = re.compile("|".join(re.escape(t) for t in (*SPECIAL_TOKENS, *ROLE_TOKENS)))
 _MIN_VOCAB = len(SPECIAL_TOKENS) + len(ROLE_TOKENS) + 256
 

@@ -10,7 +10,7 @@ resumed with the same flag ends when it would have; a larger value extends it). 
 rate and the two phases follow the fraction of that budget spent, so extending a finished run
 raises the learning rate again part-way up its cosine.
 
-Recipe (design §8, LlamaGen-style quantiser):
+Recipe (LlamaGen-style quantiser):
 1. PyTorch default init (not N(0, 0.02)); AdamW, linear LR warm-up then cosine by budget fraction.
 2. Autoencoder warm-up: for the first `ae_frac` of the budget the decoder sees the L2-normalised
    latents directly (no quantisation).
@@ -28,6 +28,10 @@ Recipe (design §8, LlamaGen-style quantiser):
 Data are drawn on the fly from a seeded `random.Random` (`sample_scene` + `render_array`); a
 fixed held-out set (`heldout_set`) scores readback: the fraction of scenes that
 `parse_image(decode(encode(image)))` reads back exactly.
+
+Pieces: vq_images.py (training scenes, the held-out set, readback), vq_codebook.py (quantiser,
+k-means, dead-code restarts, synonym map, the saved tokenizer files); this module holds the loss,
+both training loops and the command line.
 
 Outputs in out_dir: last.pt (resumable state), best.pt and vq.safetensors + vq_config.json
 (best readback so far; state dict of `imagemini.models.vq.VQModel` in float32, codebook unit
@@ -47,7 +51,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -55,10 +58,10 @@ from tqdm import tqdm
 
 from imagemini.models.config import VQConfig
 from imagemini.models.vq import VQModel
-from imagemini.world import PALETTE, SceneParseError, parse_image, render_array, sample_scene
 
-IMAGE_SIZE = 64
-EVAL_SEED = 1_000_003  # held-out scenes; training data use the run's seed
+from .vq_codebook import latents, load_vq, quantize, restart_dead_codes, save_vq, spherical_kmeans, synonym_map
+from .vq_images import PALETTE_PIXELS, evaluate_readback, heldout_set, sample_batch
+from .vq_images import to_pixels  # noqa: F401  (kept importable from here)
 
 #: The bundled model's VQ (keys as in transformers' `vq_config`): 64 px -> 16x16 = 256 codes.
 #: The aligner fields (projection_dim, image_token_embed_dim, num_hidden_layers, hidden_act)
@@ -76,9 +79,6 @@ BUNDLED_VQ_CONFIG: dict = {
     "dropout": 0.0,
     "num_patches": 16,
 }
-
-_PALETTE_RGB = torch.tensor(list(PALETTE.values()), dtype=torch.float32)  # [9, 3], 0-255
-_PALETTE_PIX = _PALETTE_RGB / 127.5 - 1  # [9, 3] in [-1, 1]
 
 
 @dataclass
@@ -109,98 +109,6 @@ class TrainConfig:
 RUNTIME_FIELDS = ("threads", "eval_minutes", "ckpt_minutes")
 
 
-# --- data ------------------------------------------------------------------------------
-
-
-def to_pixels(arrays: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [n, S, S, 3] -> float [n, 3, S, S] in [-1, 1] (on the tensor's device)."""
-    return torch.as_tensor(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """float [n, 3, S, S] in [-1, 1] -> uint8 [n, S, S, 3] (what the parser should read)."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def palette_index(arrays: np.ndarray) -> torch.Tensor:
-    """uint8 [n, S, S, 3] of exact palette colours -> palette index [n, S, S]."""
-    diff = torch.from_numpy(arrays).float()[..., None, :] - _PALETTE_RGB  # [n, S, S, 9, 3]
-    return diff.abs().sum(-1).argmin(-1)
-
-
-def sample_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n fresh scenes (1-4 objects, all backgrounds) -> (pixels [n,3,S,S], palette index [n,S,S])."""
-    arrays = np.stack([render_array(sample_scene(rng), IMAGE_SIZE, rng) for _ in range(n)])
-    return to_pixels(arrays), palette_index(arrays)
-
-
-def heldout_set(n: int = 500, seed: int = EVAL_SEED) -> tuple[list, np.ndarray]:
-    """The fixed evaluation set: (scenes, uint8 images [n, S, S, 3])."""
-    rng = random.Random(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
-    return scenes, np.stack([render_array(s, IMAGE_SIZE, rng) for s in scenes])
-
-
-# --- quantiser -------------------------------------------------------------------------
-
-
-def quantize(z: torch.Tensor, codebook: torch.Tensor, beta: float):
-    """Cosine VQ. z [n, C, h, w] raw latents, codebook [K, C] ->
-    (z_q with straight-through gradient [n, C, h, w], codes [n, h*w], codebook + beta*commit loss)."""
-    n, c, h, w = z.shape
-    z = F.normalize(z.float(), dim=1)
-    book = F.normalize(codebook, dim=1)
-    flat = z.permute(0, 2, 3, 1).reshape(-1, c)
-    codes = (flat @ book.t()).argmax(1)
-    zq = book[codes].view(n, h, w, c).permute(0, 3, 1, 2)
-    loss = F.mse_loss(zq, z.detach()) + beta * F.mse_loss(z, zq.detach())
-    return z + (zq - z).detach(), codes.view(n, h * w), loss
-
-
-def latents(vq: VQModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Encoder + quant_conv, L2-normalised per position: [n, 3, S, S] -> [n*h*w, C]."""
-    z = F.normalize(vq.quant_conv(vq.encoder(pixels)).float(), dim=1)
-    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-
-def kmeans_pp_init(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding on unit vectors (distance 1 - cos): spreads the seeds over distinct
-    latents instead of piling them on the flat background patches that dominate the data."""
-    centres = [points[torch.randint(len(points), (1,), generator=gen)].squeeze(0)]
-    dist = (1 - points @ centres[0]).clamp_min(0)
-    for _ in range(k - 1):
-        probs = dist if dist.sum() > 0 else torch.ones_like(dist)
-        centres.append(points[torch.multinomial(probs, 1, generator=gen)].squeeze(0))
-        dist = torch.minimum(dist, (1 - points @ centres[-1]).clamp_min(0))
-    return torch.stack(centres)
-
-
-def spherical_kmeans(points: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """Unit-norm centres [k, C] of unit points [N, C]; empty clusters keep their seed."""
-    centres = kmeans_pp_init(points, k, gen)
-    for _ in range(iters):
-        assign = (points @ centres.t()).argmax(1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, points)
-        filled = torch.bincount(assign, minlength=k) > 0
-        centres[filled] = F.normalize(sums[filled], dim=1)
-    return centres
-
-
-@torch.no_grad()
-def restart_dead_codes(codebook: torch.Tensor, usage: torch.Tensor, flat: torch.Tensor, dead_usage: float,
-                       gen: torch.Generator) -> int:
-    """Move codes whose EMA usage < dead_usage onto latents of `flat` [N, C] (unit), drawn with
-    probability proportional to their quantisation error. Returns how many moved."""
-    dead = (usage < dead_usage).nonzero().squeeze(1)
-    if len(dead) == 0:
-        return 0
-    err = (1 - (flat @ codebook.t()).max(1).values).clamp_min(1e-8)
-    picks = torch.multinomial(err, len(dead), replacement=len(dead) > len(flat), generator=gen)
-    codebook[dead] = flat[picks]
-    usage[dead] = 1.0  # a grace period before it can be called dead again
-    return len(dead)
-
-
 # --- loss ------------------------------------------------------------------------------
 
 
@@ -221,159 +129,9 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, index: torch.Tensor, c
     wmean = lambda t: (w * t).sum() / w.sum()  # noqa: E731
     loss = wmean(sq) + cfg.l1_weight * wmean(err.abs().mean(1))
     if cfg.palette_weight > 0:
-        dist = (y[:, None] - _PALETTE_PIX[None, :, :, None, None]).pow(2).sum(2)  # [n, 9, S, S]
+        dist = (y[:, None] - PALETTE_PIXELS[None, :, :, None, None]).pow(2).sum(2)  # [n, 9, S, S]
         loss = loss + cfg.palette_weight * wmean(F.cross_entropy(-dist / cfg.palette_tau, index, reduction="none"))
     return loss, sq.mean().detach()
-
-
-# --- evaluation ------------------------------------------------------------------------
-
-
-def _mistake(truth, image: np.ndarray) -> str | None:
-    """None if the parser reads `truth` back from `image`, else what went wrong first."""
-    try:
-        got = parse_image(image)
-    except SceneParseError:
-        return "unparsable"
-    if got == truth:
-        return None
-    if got.background != truth.background:
-        return "background"
-    if len(got.objects) != len(truth.objects):
-        return "count"
-    for field in ("position", "color", "size", "shape"):
-        if [getattr(o, field) for o in got.objects] != [getattr(o, field) for o in truth.objects]:
-            return field
-    return "other"
-
-
-@torch.no_grad()
-def reconstruct(vq: VQModel, pixels: torch.Tensor, quantized: bool = True,
-                code_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """decode(encode(pixels)) through the inference path (each code replaced by `code_map[code]`
-    when given), or through the normalised continuous latents when quantized=False (autoencoder
-    warm-up). -> (pixels, codes)."""
-    if quantized:
-        codes = vq.encode(pixels)
-        if code_map is not None:
-            codes = code_map[codes]
-        return vq.decode(codes), codes
-    z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
-    return vq.decoder(vq.post_quant_conv(z)), None
-
-
-@torch.no_grad()
-def evaluate_readback(vq_model: VQModel, scenes, images: np.ndarray | None = None, *, batch_size: int = 100,
-                      quantized: bool = True, bf16: bool = False, code_map: torch.Tensor | None = None) -> dict:
-    """Readback of `scenes` through `vq_model`: parse_image(decode(encode(image))) == scene.
-
-    images: uint8 [n, S, S, 3] renders of the scenes (rendered here, seeded, if None).
-    code_map: decode `code_map[code]` instead (the codes the whole model draws: `synonym_map`).
-    Returns readback overall and by number of objects, first mistake kinds, MSE, palette
-    pixel accuracy, codes used and code perplexity (quantized only).
-    """
-    if images is None:
-        rng = random.Random(EVAL_SEED)
-        images = np.stack([render_array(s, IMAGE_SIZE, rng) for s in scenes])
-    was_training = vq_model.training
-    vq_model.eval()
-    outs, codes, sq = [], [], 0.0
-    for i in range(0, len(scenes), batch_size):
-        x = to_pixels(images[i:i + batch_size])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y, c = reconstruct(vq_model, x, quantized, code_map)
-        sq += (y.float().clamp(-1, 1) - x).pow(2).mean((1, 2, 3)).sum().item()
-        outs.append(to_uint8(y))
-        if c is not None:
-            codes.append(c.flatten())
-    vq_model.train(was_training)
-    recon = np.concatenate(outs)
-    mistakes = [_mistake(s, im) for s, im in zip(scenes, recon)]
-    by_n: dict[int, list[bool]] = {}
-    for s, m in zip(scenes, mistakes):
-        by_n.setdefault(len(s.objects), []).append(m is None)
-    kinds: dict[str, int] = {}
-    for m in mistakes:
-        if m is not None:
-            kinds[m] = kinds.get(m, 0) + 1
-    right = palette_index(recon) == palette_index(images)
-    result = {
-        "readback": sum(m is None for m in mistakes) / len(scenes),
-        "readback_by_objects": {n: round(sum(v) / len(v), 4) for n, v in sorted(by_n.items())},
-        "mistakes": kinds,
-        "mse": sq / len(scenes),
-        "palette_acc": right.float().mean().item(),
-    }
-    if codes:
-        counts = torch.bincount(torch.cat(codes), minlength=vq_model.cfg.num_embeddings).float()
-        p = counts[counts > 0] / counts.sum()
-        result["codes_used"] = int((counts > 0).sum())
-        result["code_perplexity"] = float(torch.exp(-(p * p.log()).sum()))
-    return result
-
-
-# --- checkpoints -----------------------------------------------------------------------
-
-
-def vq_state_dict(vq: VQModel) -> dict[str, torch.Tensor]:
-    """float32 state dict with the codebook normalised (unit rows)."""
-    sd = {k: v.detach().float().contiguous().clone() for k, v in vq.state_dict().items()}
-    sd["quantize.embedding.weight"] = F.normalize(sd["quantize.embedding.weight"], dim=1)
-    return sd
-
-
-SYNONYM_DISTANCE = 0.2  # between normalised code vectors
-SYNONYM_SEED = 2_000_003
-
-
-@torch.no_grad()
-def synonym_map(vq: VQModel, threshold: float = SYNONYM_DISTANCE, n_images: int = 512) -> torch.Tensor:
-    """code -> the code the whole model learns to draw in its place: [num_embeddings] long.
-
-    The trained codebook holds near-duplicates (e.g. two codes 0.13 apart where neighbours are
-    typically 0.49): the encoder picks either for the same flat background depending on what
-    lies a few patches away, so drawing targets carry coin flips the language model cannot
-    learn (held-out drawings: 1,023 codes used, unigram entropy 6.1 nats). Codes closer than
-    `threshold` (chained) form a group, and every member maps to the group's most used code on
-    seeded training scenes. Measured on the 300 first held-out scenes (`heldout_set`): readback
-    of the decoded mapped codes 97.7%, as the plain codes; unigram entropy 5.1 nats over 910
-    codes instead of 6.1 (at 0.25: 97.3%, 4.9 nats; at 0.3: 95.0%). Decoding is unchanged: only
-    the training targets are mapped.
-    """
-    book = F.normalize(vq.quantize.embedding.weight.float(), dim=-1)
-    pixels, _ = sample_batch(random.Random(SYNONYM_SEED), n_images)
-    usage = torch.bincount(vq.encode(pixels.to(book.device)).flatten().cpu(), minlength=book.shape[0])
-    parent = list(range(book.shape[0]))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i, j in torch.nonzero(torch.cdist(book, book) < threshold).cpu().tolist():
-        if i < j:
-            parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for code in range(book.shape[0]):
-        groups.setdefault(root(code), []).append(code)
-    mapping = torch.arange(book.shape[0])
-    for members in groups.values():
-        mapping[members] = max(members, key=lambda c: (int(usage[c]), -c))
-    return mapping.to(book.device)
-
-
-def save_vq(vq: VQModel, vq_config: dict, out_dir: Path) -> None:
-    save_file(vq_state_dict(vq), str(out_dir / "vq.safetensors"))
-    (out_dir / "vq_config.json").write_text(json.dumps(vq_config, indent=2) + "\n")
-
-
-def load_vq(out_dir: str | Path) -> VQModel:
-    """VQModel from out_dir/vq_config.json + out_dir/vq.safetensors."""
-    out_dir = Path(out_dir)
-    vq = VQModel(VQConfig.from_dict(json.loads((out_dir / "vq_config.json").read_text())))
-    vq.load_state_dict(load_file(str(out_dir / "vq.safetensors")))
-    return vq.eval()
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -429,7 +187,7 @@ def _train_step(vq, opt, batch, state, cfg: TrainConfig, gen) -> tuple[float, fl
 
 def _new_state(vq_config: dict, cfg: TrainConfig, seed: int) -> tuple[VQModel, torch.optim.Optimizer, dict]:
     torch.manual_seed(seed)
-    vq = VQModel(VQConfig.from_dict(vq_config))  # PyTorch default init (design §8)
+    vq = VQModel(VQConfig.from_dict(vq_config))  # PyTorch default init (recipe step 1 above)
     opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state = {"step": 0, "elapsed": 0.0, "phase": "ae", "best": None, "restarted": 0,
              "usage": torch.ones(vq.cfg.num_embeddings), "data_rng": random.Random(seed).getstate(),
@@ -452,8 +210,9 @@ def _checkpoint(vq, opt, state, data_rng, gen, path: Path) -> None:
     _atomic_save({"model": vq.state_dict(), "optimizer": opt.state_dict(), "state": state}, path)
 
 
-def _evaluate(vq, state, heldout, cfg: TrainConfig, out_dir: Path, window: dict, vq_config: dict) -> dict:
-    """Evaluate, log a metrics line, and keep the best quantised model by readback."""
+def _evaluate(vq, state, heldout, out_dir: Path, window: dict) -> dict:
+    """Evaluate, log a metrics line (and its summary on stderr), and keep the best quantised model
+    by readback."""
     quantized = state["phase"] == "vq"
     res = evaluate_readback(vq, *heldout, quantized=quantized)
     row = {"step": state["step"], "minutes": round(state["elapsed"] / 60, 2), "phase": state["phase"],
@@ -465,9 +224,25 @@ def _evaluate(vq, state, heldout, cfg: TrainConfig, out_dir: Path, window: dict,
     if quantized and (state["best"] is None or key > tuple(state["best"])):
         state["best"] = list(key)
         _atomic_save({"model": vq.state_dict(), "step": state["step"], "metrics": row}, out_dir / "best.pt")
-        save_vq(vq, vq_config, out_dir)
+        save_vq(vq, state["vq_config"], out_dir)
     window.update(loss=0.0, mse=0.0, n=0, seconds=0.0)
+    tqdm.write(_summary(row), file=sys.stderr)
     return row
+
+
+def _open_run(last: Path, resume: bool, cfg: TrainConfig | None, vq_config: dict | None,
+              seed: int) -> tuple[VQModel, torch.optim.Optimizer, dict, TrainConfig]:
+    """The run saved in `last`, resumed, or a new one from `cfg` and `vq_config`."""
+    if resume and last.exists():
+        vq, opt, state, stored = _load_state(last)
+        # Recipe fields stay as the run began; how it runs (threads, eval cadence) may change.
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS} if cfg else {}
+        cfg = dataclasses.replace(stored, **runtime)
+        state["train_config"] = dataclasses.asdict(cfg)
+        return vq, opt, state, cfg
+    cfg = cfg or TrainConfig()
+    vq, opt, state = _new_state(dict(vq_config or BUNDLED_VQ_CONFIG), cfg, seed)
+    return vq, opt, state, cfg
 
 
 def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = True,
@@ -479,15 +254,7 @@ def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "last.pt"
-    if resume and last.exists():
-        vq, opt, state, stored = _load_state(last)
-        # Recipe fields stay as the run began; how it runs (threads, eval cadence) may change.
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS} if cfg else {}
-        cfg = dataclasses.replace(stored, **runtime)
-        state["train_config"] = dataclasses.asdict(cfg)
-    else:
-        cfg = cfg or TrainConfig()
-        vq, opt, state = _new_state(dict(vq_config or BUNDLED_VQ_CONFIG), cfg, seed)
+    vq, opt, state, cfg = _open_run(last, resume, cfg, vq_config, seed)
     torch.set_num_threads(cfg.threads)
     data_rng = random.Random()
     data_rng.setstate(state["data_rng"])
@@ -505,7 +272,7 @@ def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = 
         t0 = time.perf_counter()
         frac = state["elapsed"] / budget
         if state["phase"] == "ae" and frac >= cfg.ae_frac:  # end of warm-up: score it, then k-means
-            tqdm.write(_summary(_evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])), file=sys.stderr)
+            _evaluate(vq, state, heldout, out_dir, window)
             _init_codebook(vq, data_rng, cfg, gen)
             state["phase"] = "vq"
             last_eval = state["elapsed"]
@@ -521,16 +288,14 @@ def train_vq(out_dir: str | Path, minutes: float, seed: int = 0, resume: bool = 
         bar.set_postfix(step=state["step"], phase=state["phase"], loss=f"{loss:.4f}", mse=f"{mse:.4f}", refresh=False)
         if state["elapsed"] - last_eval >= cfg.eval_minutes * 60 and state["elapsed"] < budget:
             t1 = time.perf_counter()
-            row = _evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])
-            tqdm.write(_summary(row), file=sys.stderr)
+            row = _evaluate(vq, state, heldout, out_dir, window)
             state["elapsed"] += time.perf_counter() - t1
             last_eval = state["elapsed"]
         if state["elapsed"] - last_ckpt >= cfg.ckpt_minutes * 60:
             _checkpoint(vq, opt, state, data_rng, gen, last)
             last_ckpt = state["elapsed"]
     if window["n"] or row is None:
-        row = _evaluate(vq, state, heldout, cfg, out_dir, window, state["vq_config"])
-        tqdm.write(_summary(row), file=sys.stderr)
+        row = _evaluate(vq, state, heldout, out_dir, window)
     _checkpoint(vq, opt, state, data_rng, gen, last)
     bar.close()
     return row

@@ -196,7 +196,7 @@ class Scene:
     def describe(self) -> str:
         """The one canonical English description (grammar in the module docstring)."""
         body = join_phrases([o.phrase() for o in self.objects])
-        text = f"{body} on {_article(self.background)} {self.background} background."
+        text = f"{body} on {article(self.background)} {self.background} background."
         return text[0].upper() + text[1:]
 
     # -- JSON ---------------------------------------------------------------
@@ -237,7 +237,7 @@ class Scene:
         return cls(data["background"], tuple(objects))
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 

@@ -9,10 +9,11 @@ import random
 
 import pytest
 
-from imagemini.models.random_fixture import SPECIAL_TOKENS, tokenizer_config
+from imagemini.models.chat_format import ROLE_TOKENS, SPECIAL_TOKENS, tokenizer_config
 from imagemini.models.tokenizer import Tokenizer as ChatTokenizer
-from imagemini.train.tokenizer import ROLE_TOKENS, save_tokenizer_files, train_tokenizer
-from imagemini.world.tasks import generate, prompt_and_completion, render_text
+from imagemini.train.tokenizer import save_tokenizer_files, train_tokenizer
+from imagemini.world.chat import prompt_and_completion, render_text
+from imagemini.world.tasks import generate
 
 BOS, EOS = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 UNSEEN = [

@@ -16,25 +16,12 @@ from collections import Counter
 import pytest
 
 from imagemini.world import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, layout_is_clean, parse_description
-from imagemini.world.tasks import (
-    CAPABILITIES,
-    DECLINE,
-    GREETING,
-    HELDOUT_COMBOS,
-    HELDOUT_PHRASINGS,
-    IMAGE_MARKER,
-    TASKS,
-    Example,
-    ImageRef,
-    Turn,
-    generate,
-    prompt_and_completion,
-    render_text,
-    task_mixture,
-)
+from imagemini.world.chat import Example, ImageRef, Turn
+from imagemini.world.phrasings import CAPABILITIES, DECLINE, GREETING, HELDOUT_PHRASINGS
+from imagemini.world.task_builder import HELDOUT_COMBOS
+from imagemini.world.tasks import TASKS, generate, task_mixture
 
 N = 2000
-BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 
 
 @pytest.fixture(scope="module")
@@ -355,25 +342,3 @@ def test_deterministic_across_hash_seeds(split):
         digests.add(out.stdout.strip())
     here = hashlib.sha256(repr(generate(random.Random(3), 300, split=split)).encode()).hexdigest()
     assert digests == {here}
-
-
-def test_prompt_and_completion_split_the_rendered_chat(train):
-    for ex in train[:400]:
-        text = render_text(ex)
-        prompt, completion = prompt_and_completion(ex)
-        assert prompt + completion == text and text.startswith(BOS) and completion.endswith(EOS)
-        assert "ImageRef" not in text and text.count(IMAGE_MARKER) == len(images(ex))
-        final = ex.turns[-1].parts
-        if ex.thinking:
-            assert prompt.endswith("<|Assistant|>: <think>")
-            assert completion == f"{final[0]}</think> {final[1]}{EOS}"
-        else:
-            assert prompt.endswith("<|Assistant|>:") and "<think>" not in text
-            body = IMAGE_MARKER if isinstance(final[0], ImageRef) else final[0]
-            assert completion == f" {body}{EOS}"
-
-
-def test_custom_image_text():
-    (ex,) = generate(random.Random(0), 1, tasks={"edit_recolor": 1.0})
-    text = render_text(ex, image=lambda ref: f"<img {len(ref.scene.objects)}>")
-    assert text.count("<img ") == 2 and IMAGE_MARKER not in text

@@ -1,4 +1,4 @@
-"""`imagemini bench train` (what a lent GPU runs first) works end to end at toy size on the CPU."""
+"""`imagemini bench train` (what a GPU machine runs first) works end to end at toy size on the CPU."""
 
 from __future__ import annotations
 
