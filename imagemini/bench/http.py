@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from imagemini.bench.text import PROMPTS, _prompts, bench_engine
+from imagemini.bench.text import PROMPTS, _prompts, bench_engine, add_arguments as _text_arguments
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.models import random_fixture
 
@@ -79,10 +79,18 @@ def served(path: Path | str, dtype: str, engine_threads: int | None = None, *ext
         server.wait(timeout=30)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _text_arguments(p)
+    p.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
+    p.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
+    p.add_argument("--ledger", action="store_true",
+                   help="instead: tokens/s and p50 latency with keys and the SQLite ledger on vs off")
+
+
 def main(args: argparse.Namespace) -> dict[int, dict[str, float]]:
     """Print and return, per concurrency, the best tokens/s of each timing (with --ledger: the
     ledger's cost instead, `ledger_cost`)."""
-    if getattr(args, "ledger", False):
+    if args.ledger:
         return ledger_cost(args)
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))

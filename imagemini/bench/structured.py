@@ -26,7 +26,7 @@ from imagemini.engine.params import SamplingParams
 from imagemini.models import random_fixture
 from imagemini.world.scene import COLORS, SHAPES, SIZES
 
-from .text import _prompts
+from .text import _prompts, add_arguments as _text_arguments
 
 REPEATS = 3
 
@@ -89,6 +89,10 @@ def run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> tup
     results = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     return elapsed, sum(len(r["token_ids"]) for r in results)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _text_arguments(p)  # the same options as `bench text`
 
 
 def main(args: argparse.Namespace) -> None:

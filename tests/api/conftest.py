@@ -1,6 +1,6 @@
-"""Fixtures of the API tests: `start_server` (a real server subprocess), `openapi` (OpenAI's
-schemas), and the clients `http` (httpx) and `sdk` (the openai SDK) whose every response is
-validated against those schemas as it arrives (apitest.ValidatingTransport).
+"""Fixtures of the API tests (`start_server` and `long_checkpoint` are in tests/conftest.py):
+`openapi` (OpenAI's schemas), and the clients `http` (httpx) and `sdk` (the openai SDK) whose
+every response is validated against those schemas as it arrives (apitest.ValidatingTransport).
 
 Each test module starts ONE server through a module-scoped fixture, e.g.
 
@@ -13,13 +13,11 @@ Each test module starts ONE server through a module-scoped fixture, e.g.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from apitest import SPEC, AsyncValidatingTransport, OpenAPISchemas, ValidatingTransport, run_server
+from apitest import SPEC, AsyncValidatingTransport, OpenAPISchemas, ValidatingTransport
 
 
 @pytest.fixture(scope="session")
@@ -52,29 +50,6 @@ def async_sdk(openapi):
         return openai.AsyncOpenAI(base_url=f"{server.url}{prefix}", api_key=api_key, http_client=http, max_retries=0)
 
     return make
-
-
-@pytest.fixture(scope="session")
-def start_server(tmp_path_factory):
-    """A factory: `with start_server(model_dir, *cli_args, env={...}) as server: ...`."""
-    log_dir = tmp_path_factory.mktemp("server-logs")
-
-    def start(model_dir: Path, *args: str, env: dict[str, str] | None = None):
-        return run_server(model_dir, *args, env=env, log_dir=log_dir)
-
-    return start
-
-
-@pytest.fixture(scope="session")
-def long_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint with a 32K context: a 20,000-token completion takes long enough
-    (tens of seconds) that a test can act on it while it runs. RoPE works at any length."""
-    path = tmp_path_factory.mktemp("long") / "tiny-long"
-    shutil.copytree(tiny_checkpoint, path)
-    config = json.loads((path / "config.json").read_text())
-    config["text_config"]["max_position_embeddings"] = 32768
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    return path
 
 
 @pytest.fixture(scope="module")
