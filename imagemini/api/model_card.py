@@ -16,8 +16,12 @@
       "output_modalities": ["text", "image"],   "file" (PDF/text files) to inputs that include text
       "pricing_usd_per_million_tokens": {"prompt": 2.5, "completion": 2.0,
                                          "internal_reasoning": <completion>, "image_output": <completion>},
-      "pricing_usd_per_image": 0, "pricing_usd_per_request": 0
+      "pricing_usd_per_image": 0, "pricing_usd_per_request": 0,
+      "examples": [{"prompt": "...", "modalities": [...], "note": "..."}]
     }
+
+`examples` are prompts that work with this model: not part of the card's API shape, they are
+shown on the model page (imagemini/web/page.py), which reads them from the file itself.
 
 Prices, OpenRouter style: input image tokens are prompt tokens (BOI + N placeholders + EOI per
 image) at the prompt price, plus `pricing_usd_per_image` per input image (card `pricing.image`);
