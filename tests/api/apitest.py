@@ -6,7 +6,8 @@
 (conftest.py wraps these as the `start_server` and `openapi` fixtures.)
 
 Each test module starts ONE server (module-scoped fixture) on a free port with the tiny random
-checkpoint in float32: `python -m imagemini.cli serve --model DIR --port PORT --dtype float32`.
+checkpoint in float32: `python -m imagemini.cli serve --model DIR --port PORT --dtype float32`
+(a later `--dtype bfloat16` in the arguments wins: conftest's `dtype` fixture runs a module in both).
 
 `openapi.validate("CreateChatCompletionResponse", body)` checks a response against
 tests/api/data/openai-openapi.json (OpenAI's official description, MIT), whose

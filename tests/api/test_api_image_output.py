@@ -5,6 +5,7 @@ with a model card that prices image codes apart. Its images are noise, but every
 guided sampling, the VQ decoder, PNG encoding, streaming. To make the model open an image in
 `["image", "text"]` mode the tests bias begin-of-image (+100); `["image"]` alone starts drawing
 at once. Every response and chunk is validated against OpenAI's schemas by the transport.
+The module runs twice: in float32 and in bfloat16, the default dtype (conftest `dtype`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(start_server, checkpoint):
-    with start_server(checkpoint) as s:
+def server(start_server, checkpoint, dtype):
+    with start_server(checkpoint, "--dtype", dtype) as s:
         yield s
 
 

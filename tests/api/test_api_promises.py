@@ -4,7 +4,8 @@ prices, image-output defaults, and what each sampling parameter changes.
 
 One server: a copy of the tiny random checkpoint whose card prices reasoning apart and whose
 generation_config.json sets image sampling defaults unlike the text ones. Outputs are noise, so
-tests compare requests with each other (same seed), never with expected words.
+tests compare requests with each other (same seed), never with expected words. The module runs
+in float32 and in bfloat16 (conftest `dtype`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(start_server, checkpoint):
-    with start_server(checkpoint) as s:
+def server(start_server, checkpoint, dtype):
+    with start_server(checkpoint, "--dtype", dtype) as s:
         yield s
 
 
