@@ -243,3 +243,36 @@ def test_text_seeds_hold_under_16_concurrent_mixed_requests(server, client, http
             assert [(t["token"], t["logprob"]) for t in streamed["logprobs"]] == tokens(solo)
         else:
             assert mixed.choices[0].message.content == solo.choices[0].message.content and tokens(mixed) == tokens(solo)
+
+
+# --- logprobs: one entry per generated token with text ----------------------------------------------------
+def entries_expected(choice, usage, ended_by_eos: bool) -> int:
+    """completion_tokens less the tokens README says have no entry: the thought, each image's
+    codes and end-of-image, and the end-of-sequence token that stopped the choice."""
+    images = len((choice.message.model_extra or {}).get("images") or [])
+    details = usage.completion_tokens_details
+    return usage.completion_tokens - details.reasoning_tokens - details.image_tokens - images - int(ended_by_eos)
+
+
+@pytest.mark.parametrize("case", ["length", "eos", "stop string", "thought", "image"])
+def test_logprobs_have_one_entry_per_token_with_text(client, tok, case):
+    eos, think_end, boi = (str(t) for t in (tok.special.eos, tok.special.think_end, tok.special.boi))
+    fields = {
+        "length": dict(logit_bias={eos: -100}, max_tokens=20),
+        "eos": dict(logit_bias={eos: 8}, max_tokens=20),
+        "stop string": dict(logit_bias={eos: -100}, max_tokens=20, temperature=0),
+        "thought": dict(logit_bias={think_end: -100, eos: -100}, reasoning={"max_tokens": 6}, max_tokens=20),
+        "image": dict(logit_bias={boi: 100}, modalities=["image", "text"], max_tokens=80),
+    }[case]
+    if case == "stop string":
+        free = create(client, **fields).choices[0].message.content
+        fields["stop"] = free[4:7]
+    out = create(client, seed=11, logprobs=True, **fields)
+    choice = out.choices[0]
+    ended_by_eos = case == "eos"
+    assert choice.finish_reason == ("stop" if case in ("eos", "stop string") else "length")
+    assert len(choice.logprobs.content) == entries_expected(choice, out.usage, ended_by_eos)
+    if case == "eos":
+        assert out.usage.completion_tokens < 20  # the EOS token ended it and counts as a completion token
+    if case == "image":
+        assert out.usage.completion_tokens_details.image_tokens > 0
