@@ -173,7 +173,7 @@ class Server:
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
-    def wait_idle(self, timeout: float = 10.0) -> dict:
+    def wait_idle(self, timeout: float = 60.0) -> dict:
         """Poll /health until nothing is in flight and the KV cache is empty; return the last reading."""
         deadline = time.monotonic() + timeout
         while True:
