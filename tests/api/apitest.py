@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -226,6 +227,17 @@ def _wait_healthy(server: Server, timeout: float = 90.0) -> None:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log()[-3000:]}")
+
+
+def carded_copy(checkpoint: Path, out: Path, card: dict, generation: dict | None = None) -> Path:
+    """A copy of `checkpoint` at `out` with this model_card.json (and generation_config.json
+    entries updated with `generation`)."""
+    shutil.copytree(checkpoint, out)
+    (out / "model_card.json").write_text(json.dumps(card))
+    if generation:
+        config = json.loads((out / "generation_config.json").read_text())
+        (out / "generation_config.json").write_text(json.dumps(config | generation))
+    return out
 
 
 # --- raw HTTP helpers -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import sys
 
 import openai
 import pytest
-from apitest import REPO, check_stream_framing, post_stream
+from apitest import REPO, carded_copy, check_stream_framing, post_stream
 from mediatest import image_part, pattern_png
 from PIL import Image
 
@@ -33,10 +33,8 @@ PRICES = {"prompt": 1.0, "completion": 2.0, "image_output": 30.0}  # USD per mil
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("painter") / "tiny-painter"
-    shutil.copytree(tiny_checkpoint, path)
-    (path / "model_card.json").write_text(json.dumps({"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}))
-    return path
+    card = {"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}
+    return carded_copy(tiny_checkpoint, tmp_path_factory.mktemp("painter") / "tiny-painter", card)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,14 @@ undocumented status and no response off its schema; errors are OpenAI-shaped."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
+from apitest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
@@ -27,10 +31,36 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tiny_checkpoint):
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz-store")
+
+
+@pytest.fixture(scope="module")
+def admin(data_dir) -> str:
+    """A management key in the server's store: the key routes are then reached, not refused."""
+    out = subprocess.run(
+        [sys.executable, "-m", "imagemini.cli", "keys", "create", "--data-dir", str(data_dir), "--name", "admin",
+         "--management"], cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)["key"]
+
+
+@pytest.fixture(scope="module")
+def server(start_server, tiny_checkpoint, data_dir, admin):
     # Short default answers keep each fuzzed completion quick; a fuzzed max_tokens still applies.
-    with start_server(tiny_checkpoint, env={"IMAGEMINI_DEFAULT_MAX_TOKENS": "8"}) as s:
+    with start_server(tiny_checkpoint, "--data-dir", str(data_dir), env={"IMAGEMINI_DEFAULT_MAX_TOKENS": "8"}) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def user_key(server, admin) -> str:
+    made = httpx.post(f"{server.url}/api/v1/keys", json={"name": "fuzz"}, headers=bearer(admin), timeout=60)
+    assert made.status_code == 201, made.text
+    return made.json()["key"]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +99,7 @@ CASES = [(m, p, GenerationMode.POSITIVE) for m, p in ROUTES] + [
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{mode.value} {m} {p}" for m, p, mode in CASES])
-def test_fuzzed_requests_get_documented_answers(api_schema, document, method, path, mode):
+def test_fuzzed_requests_get_documented_answers(api_schema, document, admin, user_key, method, path, mode):
     model_id = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["examples"][0]
     operation = api_schema[path][method.upper()]
     statuses: list[int] = []
@@ -87,7 +117,7 @@ def test_fuzzed_requests_get_documented_answers(api_schema, document, method, pa
     @FUZZ
     @given(case=operation.as_strategy(generation_mode=mode).map(served_model))
     def fuzz(case) -> None:
-        response = case.call(timeout=120)
+        response = case.call(timeout=120, headers=bearer(admin if "/keys" in path else user_key))
         statuses.append(response.status_code)
         case.validate_response(response, checks=CHECKS)
         if response.status_code >= 400:
@@ -133,7 +163,7 @@ def odd_bodies(draw) -> bytes:
 MODEL_PLACEHOLDER = "{model}"
 
 
-def test_bodies_beyond_the_schema_are_answered_or_refused_never_a_server_error(server, document):
+def test_bodies_beyond_the_schema_are_answered_or_refused_never_a_server_error(server, document, user_key):
     model_id = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]["model"]["examples"][0]
     seen: set[int] = set()
 
@@ -141,9 +171,8 @@ def test_bodies_beyond_the_schema_are_answered_or_refused_never_a_server_error(s
     @given(body=odd_bodies())
     def send(body: bytes) -> None:
         body = body.replace(MODEL_PLACEHOLDER.encode(), model_id.encode())
-        response = httpx.post(
-            f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=120
-        )
+        headers = {"content-type": "application/json"} | bearer(user_key)
+        response = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers, timeout=120)
         seen.add(response.status_code)
         assert response.status_code in (200, 400, 404), (response.status_code, response.text[:300])
         if response.status_code != 200:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 
 import openai
 import pytest
-from apitest import post_stream, stream_choices
+from apitest import carded_copy, post_stream, stream_choices
 from mediatest import image_part, png_bytes
 from PIL import Image
 
@@ -29,12 +28,8 @@ HI = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("promises") / "tiny-promises"
-    shutil.copytree(tiny_checkpoint, path)
-    (path / "model_card.json").write_text(json.dumps({"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}))
-    generation = json.loads((path / "generation_config.json").read_text())
-    (path / "generation_config.json").write_text(json.dumps(generation | IMAGE_DEFAULTS))
-    return path
+    card = {"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}
+    return carded_copy(tiny_checkpoint, tmp_path_factory.mktemp("promises") / "tiny-promises", card, IMAGE_DEFAULTS)
 
 
 @pytest.fixture(scope="module")
