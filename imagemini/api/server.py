@@ -11,6 +11,7 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     /api/v1/key, /keys, /credits, /generation   OpenRouter's platform API: platform.py (keys and the
                                       ledger live in imagemini/store/; who may call: access.py)
     GET  /, /playground               the model page and playground (imagemini/web/)
+    GET  /openapi.json                every route, body and status above (openapi.py)
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
