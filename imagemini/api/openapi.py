@@ -153,7 +153,8 @@ REFUSED = {
 }
 REFUSED_NOTE = (
     "Recognised and refused with 400 `unsupported_parameter`: the fields {fields}; roles `tool` and `function`; "
-    "`input_audio` parts; `store: true`. Unknown fields are ignored at every level."
+    "`input_audio` parts; `store: true`. Unknown fields are ignored at every level. Types are strict: an integer "
+    "field takes an integer literal (`2`, not `2.0`)."
 )
 
 ALIASED = "/v1/"  # served under /api/v1 as well (OpenRouter's prefix)
