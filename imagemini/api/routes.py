@@ -78,7 +78,22 @@ async def read_json_body(request: Request, limit: int, max_depth: int = 32) -> A
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     if json_depth(data, max_depth) > max_depth:
         raise _too_deep(max_depth)
+    if _SURROGATE_ESCAPE.search(body) and not _encodable(data):
+        raise bad_request("The JSON body has an unpaired surrogate escape (\\ud800-\\udfff).", code="invalid_json")
     return data
+
+
+# Only a \uD800-\uDFFF escape can put a lone surrogate into a parsed string (raw UTF-8 cannot):
+# such a string cannot be encoded, so the tokenizer could not take it.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _encodable(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_depth(data: Any, stop_after: int) -> int:

@@ -11,6 +11,7 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     /api/v1/key, /keys, /credits, /generation   OpenRouter's platform API: platform.py (keys and the
                                       ledger live in imagemini/store/; who may call: access.py)
     GET  /, /playground               the model page and playground (imagemini/web/)
+    GET  /openapi.json                every route, body and status above (openapi.py)
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
@@ -33,7 +34,7 @@ from imagemini.engine.engine import EngineConfig
 from imagemini.store.store import Store
 from imagemini.web.routes import web_router
 
-from . import errors
+from . import errors, openapi
 from .platform import platform_router
 from .routes import api_router, health_router
 from .settings import ServerSettings
@@ -73,6 +74,7 @@ def create_app(
     app.state.server = state
     app.state.model_dir = Path(model_dir)
     errors.install(app)
+    openapi.install(app)  # the whole contract at /openapi.json (openapi.py)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
     app.include_router(platform_router, prefix="/api/v1")

@@ -33,6 +33,7 @@ from . import sampler, structured
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
+from .numerics import numerics_description
 from .params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import Sequence, SequenceOutput, Status
@@ -117,7 +118,8 @@ class Engine:
         self.think = (special.think_start, special.think_end) if None not in (special.think_start, special.think_end) else None
         self.grammars = GrammarCompiler(tokenizer, model.cfg.text.vocab_size)
         self.system_fingerprint = "fp_" + hashlib.sha256(
-            f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}".encode()
+            f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}|"
+            f"{numerics_description()}".encode()
         ).hexdigest()[:12]
         self.limits = RequestLimits(
             self.context_length, self.kv_cache.budget_tokens, tokenizer.vocab_size, self.think,

@@ -1,6 +1,6 @@
 """The model page: server-rendered HTML from the live server's card, limits and request schema.
 
-    html = render_page(PageFacts.of(state, base_url, examples), playground_only=False)
+    html = render_page(PageFacts.of(state, base_url, examples, needs_key), playground_only=False)
 
 Every value that comes from the card, the checkpoint or the request is escaped (html.escape);
 the playground's settings travel to playground.js as JSON in a <script type="application/json">
@@ -58,7 +58,7 @@ class PageFacts:
     examples: list[Example] = field(default_factory=list)
 
     @classmethod
-    def of(cls, state: ServerState, base_url: str, examples: list[Example]) -> "PageFacts":
+    def of(cls, state: ServerState, base_url: str, examples: list[Example], needs_key: bool) -> "PageFacts":
         card, prices, image = state.card.card, state.card.prices, state.limits.image
         reasoning = card.reasoning
         return cls(
@@ -73,7 +73,7 @@ class PageFacts:
             efforts=list(reasoning.supported_efforts) if reasoning else [],
             default_effort=reasoning.default_effort if reasoning else "",
             base_url=base_url if base_url.endswith("/") else base_url + "/",
-            needs_key=bool(state.api_keys),
+            needs_key=needs_key,
             live={
                 "default_max_tokens": state.settings.default_max_tokens,
                 "image_temperature": _default(image.temperature, 1),

@@ -26,7 +26,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-web_router = APIRouter(include_in_schema=False)
+web_router = APIRouter()  # documented in /openapi.json (api/openapi.py)
 
 
 def examples(model_dir: Path) -> list[Example]:
@@ -40,20 +40,21 @@ def examples(model_dir: Path) -> list[Example]:
         return []
 
 
-def _page(request: Request, playground_only: bool) -> HTMLResponse:
+async def _page(request: Request, playground_only: bool) -> HTMLResponse:
     app_state = request.app.state
-    facts = PageFacts.of(app_state.server, str(request.base_url), examples(app_state.model_dir))
+    needs_key = await app_state.server.access.keys_required()  # keys may come and go with the store
+    facts = PageFacts.of(app_state.server, str(request.base_url), examples(app_state.model_dir), needs_key)
     return HTMLResponse(render_page(facts, playground_only), headers=SECURITY_HEADERS)
 
 
 @web_router.get("/")
 async def model_page(request: Request) -> HTMLResponse:
-    return _page(request, playground_only=False)
+    return await _page(request, playground_only=False)
 
 
 @web_router.get("/playground")
 async def playground(request: Request) -> HTMLResponse:
-    return _page(request, playground_only=True)
+    return await _page(request, playground_only=True)
 
 
 @web_router.get("/static/{name}")

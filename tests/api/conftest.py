@@ -52,6 +52,14 @@ def async_sdk(openapi):
     return make
 
 
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def dtype(request) -> str:
+    """The engine's dtype, for a module whose server runs in both: float32 (exact comparisons with
+    references elsewhere) and bfloat16 (what `imagemini serve` runs by default). Start it with
+    `start_server(checkpoint, "--dtype", dtype)`; the module then runs once per dtype."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def client(server, sdk) -> openai.OpenAI:
     """The sync SDK client on the module's `server`."""
