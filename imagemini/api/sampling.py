@@ -38,6 +38,8 @@ class Limits:
     # A checkpoint that can think: its delimiters, never sampled by a completion without a thought
     # (so no thought leaks into the answer).
     think_ids: tuple[int, ...] | None = None
+    # The model's own context (max_position_embeddings), when the KV budget is smaller: errors name both.
+    model_context: int | None = None
 
 
 def check_request(request: ChatCompletionRequest, limits: Limits) -> None:
@@ -109,7 +111,7 @@ def completion_budget(request: ChatCompletionRequest, prompt_tokens: int, limits
         default = limits.default_max_tokens + (limits.image.tokens_per_image if request.wants_image else 0)
         return min(room, default)
     if asked is None or asked > room:
-        raise context_exceeded(prompt_tokens, asked, limits.max_sequence_tokens)
+        raise context_exceeded(prompt_tokens, asked, limits.max_sequence_tokens, limits.model_context)
     return asked
 
 
@@ -119,7 +121,7 @@ def check_room_for_image(request: ChatCompletionRequest, budget: int, prompt_tok
     if budget >= need:
         return
     if (request.max_completion_tokens or request.max_tokens) is None:  # the context is what is short
-        raise context_exceeded(prompt_tokens, need, limits.max_sequence_tokens)
+        raise context_exceeded(prompt_tokens, need, limits.max_sequence_tokens, limits.model_context)
     if budget < need:
         raise bad_request(
             f"modalities [\"image\"] starts the answer with an image, which takes {need} completion tokens "
@@ -128,11 +130,14 @@ def check_room_for_image(request: ChatCompletionRequest, budget: int, prompt_tok
         )
 
 
-def context_exceeded(prompt_tokens: int, asked: int | None, limit: int) -> APIError:
+def context_exceeded(prompt_tokens: int, asked: int | None, limit: int, model_context: int | None = None) -> APIError:
     completion = f"{asked} in the completion" if asked is not None else "at least 1 in the completion"
+    kv_bound = ""
+    if model_context is not None and model_context > limit:
+        kv_bound = f" (the model's context is {model_context} tokens; this server's KV cache holds {limit})"
     return APIError(
         400,
-        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"This model's maximum context length is {limit} tokens{kv_bound}. However, you requested "
         f"{prompt_tokens + (asked or 1)} tokens ({prompt_tokens} in the messages, {completion}). "
         "Please reduce the length of the messages or completion.",
         param="messages",

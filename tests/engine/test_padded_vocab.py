@@ -9,14 +9,8 @@ import torch
 
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
-from imagemini.models import random_fixture
 
-PADDED_VOCAB = 4096  # the tiny tokenizer has 384 tokens: most of the rows have no token
-
-
-@pytest.fixture(scope="module")
-def padded_checkpoint(tmp_path_factory):
-    return random_fixture.build(tmp_path_factory.mktemp("tiny-padded"), size="tiny", vocab_size=PADDED_VOCAB)
+PADDED_VOCAB = 4096  # tests/conftest.py's padded_checkpoint: the tiny tokenizer has 384 tokens
 
 
 @pytest.fixture(scope="module")
