@@ -1,6 +1,7 @@
-"""Shared fixtures: the random Janus test checkpoint (built once per test session) and its 32K
-context copy, the bundled checkpoint with a source echo and without one, and `start_server` (a
-real server subprocess: tests/api/apitest.py, on the path through pyproject's pytest settings)."""
+"""Shared fixtures: the random Janus test checkpoint (built once per test session), its 32K
+context copy and its padded-vocabulary copy, the bundled checkpoint with a source echo and
+without one, and `start_server` (a real server subprocess: tests/api/apitest.py, on the path
+through pyproject's pytest settings)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,19 @@ from imagemini.models import random_fixture
 from imagemini.models.processor import ECHO_FILE, EchoConfig
 
 BUNDLED = Path(random_fixture.__file__).parent / "bundled"
+PADDED_VOCAB = 4096
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return random_fixture.build(tmp_path_factory.mktemp("tiny-janus"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def padded_checkpoint(tmp_path_factory):
+    """The tiny network with its vocabulary padded to 4,096 rows for a 384-token tokenizer (as
+    Janus-Pro has 102,400 rows for ~100K tokens): most rows have no token."""
+    return random_fixture.build(tmp_path_factory.mktemp("tiny-padded"), size="tiny", vocab_size=PADDED_VOCAB)
 
 
 def _bundled_copy(out: Path, with_echo: bool) -> Path:

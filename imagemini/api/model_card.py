@@ -10,7 +10,7 @@
       "id": "imagemini/shapes-mini",            default "imagemini/<checkpoint dir name>"
       "name": "...", "description": "...",
       "owned_by": "imagemini",
-      "created": 1764115200,                    default: mtime of model.safetensors
+      "created": 1764115200,                    default: mtime of the weight files
       "tokenizer": "Other",
       "input_modalities": ["text", "image"],    what the checkpoint can take / make; the server adds
       "output_modalities": ["text", "image"],   "file" (PDF/text files) to inputs that include text
@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from imagemini.models.weights import weight_files
 
 from .schemas import Architecture, ModelCard, Pricing, ReasoningCapability, TopProvider
 
@@ -184,7 +186,7 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int, re
         parameters = sorted([*parameters, *REASONING_PARAMETERS])
     card = ModelCard(
         id=raw.get("id", f"imagemini/{model_dir.name}"),
-        created=int(raw.get("created", (model_dir / "model.safetensors").stat().st_mtime)),
+        created=int(raw.get("created", max(f.stat().st_mtime for f in weight_files(model_dir)))),
         owned_by=raw.get("owned_by", "imagemini"),
         name=raw.get("name", f"imagemini: {model_dir.name}"),
         description=raw.get("description", f"Janus-format multimodal checkpoint '{model_dir.name}' served by imagemini."),

@@ -79,6 +79,8 @@ class ServerState:
             vocab_size=tokenizer.vocab_size,
             image=ImageOutput.from_dir(model_dir, tokenizer, model.cfg, offered="image" in card.outputs),
             think_ids=limits.think if card_thinks(card) else None,
+            model_context=limits.context_length,
+            no_token_ids=tokenizer.no_token_ids,
         )
         return cls(
             engine, card, request_limits, settings,

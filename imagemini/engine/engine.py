@@ -113,6 +113,12 @@ class Engine:
         self.context_length = model.cfg.text.max_position_embeddings
         self.num_image_tokens = model.cfg.vq.num_patches**2
         self.code_offset = model.cfg.text.vocab_size  # image codes live above the text vocabulary
+        # A padded vocabulary (102,400 rows for a ~100K tokenizer) has rows with no token: their
+        # logits are cut off before sampling, as vLLM does (and gaps in the tokenizer's ids get
+        # -inf), so no such id is drawn, listed in top_logprobs or handed to the detokenizer, and
+        # the probabilities are the tokens' own.
+        self.num_tokens = min(tokenizer.vocab_size, model.cfg.text.vocab_size)
+        self._gaps = torch.tensor(sorted(i for i in tokenizer.no_token_ids if i < self.num_tokens), dtype=torch.long)
         special = tokenizer.special
         # The thought's delimiters (think_start, think_end), when the tokenizer has both.
         self.think = (special.think_start, special.think_end) if None not in (special.think_start, special.think_end) else None
@@ -183,6 +189,10 @@ class Engine:
         image = [s for s in mains if s.in_image]
         if text:
             logits = self.runner.text_logits(hidden[[row_of[id(s)] for s in text]])
+            if logits.shape[1] > self.num_tokens:
+                logits = logits[:, : self.num_tokens]
+            if len(self._gaps):  # ids inside the tokenizer's range that have no token
+                logits = logits.index_fill(1, self._gaps, float("-inf"))
             tokens, logprobs = sampler.sample(logits, text, self._row_masks(text))
             outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
         if image:
