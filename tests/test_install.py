@@ -1,5 +1,6 @@
 """`pip install .` without extras, in a fresh virtual environment: the commands that serve and
-generate start, and every module outside imagemini/bench imports, so each runtime import is a
+generate start, and every module outside imagemini/bench (and the store's migration scripts, which
+Alembic runs inside its own context) imports, so each runtime import is a
 declared dependency (benchmarks need the `test` extra and are imported only when chosen).
 Slow (a minute or two): the package and its dependencies are installed for real, torch from the
 pinned version as `./run` installs it. The repository is copied first, so the build writes nothing
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMPORT_ALL = """
 import importlib, pkgutil, imagemini
 for module in pkgutil.walk_packages(imagemini.__path__, "imagemini."):
-    if not module.name.startswith("imagemini.bench."):
+    if not module.name.startswith(("imagemini.bench.", "imagemini.store.migrations")):
         importlib.import_module(module.name)
 """
 
