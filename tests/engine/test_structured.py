@@ -230,3 +230,17 @@ def test_steered_rows_keep_the_seed_guarantee(engine):
     together = engine.generate([p for p, _ in jobs], [sp for _, sp in jobs])
     for (p, sp), both in zip(jobs, together):
         assert engine.generate([p], sp)[0]["token_ids"] == both["token_ids"]
+
+
+def test_the_answer_after_a_thought_gets_the_room_the_thought_leaves(engine):
+    grammar = engine.grammars.compile(json_grammar(SCHEMAS[0]))
+    never_closed = {engine.think[1]: -100.0}  # the thought runs to its budget
+    for seed in range(3):
+        params = SamplingParams(max_tokens=10 + grammar.min_tokens, seed=seed, reasoning_budget=10, logit_bias=never_closed,
+                                grammar=grammar)
+        out = engine.generate([prompt(engine, thinking=True)], params)[0]
+        assert out["num_reasoning_tokens"] == 10 and out["finish_reason"] in ("stop", "length")
+        jsonschema.validate(json.loads(out["text"]), SCHEMAS[0])
+    with pytest.raises(ValueError, match="max_tokens leaves the answer"):
+        engine.add_request(prompt(engine, thinking=True),
+                           SamplingParams(max_tokens=9 + grammar.min_tokens, reasoning_budget=10, grammar=grammar))
