@@ -48,7 +48,8 @@ TEXT_ORDER = _order(b'"', _LOWER, string.digits.encode(), _UPPER, b'}],:')
 PUNCTUATION_ORDER = _order(b'"}],:@.-_/', _LOWER, string.digits.encode(), _UPPER)
 
 # A closing longer than this many bytes is not looked for (deeply nested required structure, or
-# a grammar the greedy walk cannot finish): the answer is then not steered.
+# a grammar the greedy walk cannot finish): the answer is then not steered. So with more tokens
+# left than this, every closing that can be found fits: the engine checks only the last ones.
 MAX_CLOSING_BYTES = 384
 
 

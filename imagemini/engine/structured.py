@@ -40,7 +40,7 @@ import torch
 
 from imagemini.models.tokenizer import Tokenizer
 
-from .closing import Closer
+from .closing import MAX_CLOSING_BYTES, Closer
 
 # Whitespace between JSON tokens: none or one space (`{"a":1}`, `{"a": 1}`), or a newline and an
 # indent of up to 24 spaces (pretty-printed): the styles models write, and bounded, so that a model
@@ -127,8 +127,9 @@ class GrammarMatcher:
         """The token to take instead of the sampled `token` so that the answer can still be
         completed with `tokens_left` tokens after it: `token` itself when its closing fits, else
         the first token of the closing held for here (the stop token when the answer is complete
-        already). The matcher stays where it is; `consume` takes the token settled on."""
-        if self._closer is None:
+        already). The matcher stays where it is; `consume` takes the token settled on.
+        Far from the end, where any closing the closer can find fits, nothing is checked."""
+        if self._closer is None or tokens_left >= MAX_CLOSING_BYTES:
             return token
         held = self.closing()
         if held and token == held[0]:

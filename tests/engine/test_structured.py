@@ -244,3 +244,12 @@ def test_the_answer_after_a_thought_gets_the_room_the_thought_leaves(engine):
     with pytest.raises(ValueError, match="max_tokens leaves the answer"):
         engine.add_request(prompt(engine, thinking=True),
                            SamplingParams(max_tokens=9 + grammar.min_tokens, reasoning_budget=10, grammar=grammar))
+
+
+def test_a_long_budget_is_checked_only_near_its_end_and_still_closes(engine):
+    from imagemini.engine.closing import MAX_CLOSING_BYTES
+
+    grammar = engine.grammars.compile(json_grammar({"type": "object"}))  # free keys: noise rarely closes it
+    params = [SamplingParams(max_tokens=MAX_CLOSING_BYTES + 40, seed=seed, grammar=grammar) for seed in range(3)]
+    for out in engine.generate([prompt(engine)] * len(params), params):
+        assert isinstance(json.loads(out["text"]), dict) and out["finish_reason"] in ("stop", "length")
