@@ -13,7 +13,8 @@ engine finds is a 400 `max_tokens_too_small` naming that minimum (`check_answer_
 `stop` string that matches inside the value still cuts it (stop strings apply to the answer as
 usual). With `strict: true`, and always for json_object, a schema feature the grammar engine
 cannot enforce (uniqueItems, contains, not, if/then/else, dependentRequired, propertyNames,
-unknown formats, look-around in patterns, overlapping oneOf, ...) is a 400 `unsupported_schema_feature` whose message names it; an invalid schema is a 400
+unknown formats, look-around in patterns, overlapping oneOf, ...) is a 400
+`unsupported_schema_feature` whose message names it; an invalid schema is a 400
 `invalid_json_schema`. Without strict, those features are ignored (best effort, as OpenAI's
 non-strict mode) and everything else is enforced. Compiled grammars are cached (LRU, by hash).
 """
