@@ -10,7 +10,8 @@ step drains); `step` runs on one thread only. `AsyncEngine` (async_engine.py) ru
 steps in a process of their own and hands each request its outputs through asyncio.
 
 Constrained rows (structured.py): a request with `params.grammar` samples only tokens its
-grammar allows and ends ("stop") when the grammar is complete; one with `reasoning_budget > 0`
+grammar allows and ends ("stop") when the grammar is complete; as its max_tokens runs out it is
+steered onto a closing of what is open (closing.py), so it ends complete ("length"); one with `reasoning_budget > 0`
 starts inside a thought (the prompt opened it), whose text goes to `SequenceOutput.reasoning`,
 and which the engine closes with the end-of-thinking token when the budget is spent.
 """
@@ -53,6 +54,9 @@ class EngineConfig:
     # None: plain batched matmuls, for measuring what the guarantee costs (`bench text`).
     row_tile: int | None = 16
     scheduler: SchedulerConfig = SchedulerConfig()
+    # A structured answer is steered to close within max_tokens (GrammarMatcher.settle); False:
+    # it is cut where the budget ends, for measuring what the steering costs (`bench structured`).
+    close_within_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -94,6 +98,12 @@ class RequestLimits:
             raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
         if self.opens_image(prompt_ids, params) and params.max_tokens < self.num_image_tokens + 1:
             raise ValueError(f"max_tokens must be at least {self.num_image_tokens + 1} to draw an image")
+        shortest = params.grammar.min_tokens if params.grammar is not None else None
+        answer_budget = params.max_tokens - (params.reasoning_budget or 0)
+        if shortest is not None and shortest > answer_budget:
+            raise ValueError(
+                f"the shortest answer valid under the grammar takes {shortest} tokens; max_tokens leaves the answer {answer_budget}"
+            )
 
     def opens_image(self, prompt_ids: list[int], params: SamplingParams) -> bool:
         """The prompt itself opens an image (Janus-Pro's own pipeline): the answer starts drawing."""
@@ -193,7 +203,8 @@ class Engine:
                 logits = logits[:, : self.num_tokens]
             if len(self._gaps):  # ids inside the tokenizer's range that have no token
                 logits = logits.index_fill(1, self._gaps, float("-inf"))
-            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text))
+            settle = self._settle_rows(text) if self.config.close_within_budget else None
+            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text), settle)
             outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
         if image:
             codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
@@ -209,6 +220,18 @@ class Engine:
         for j, i in enumerate(rows):
             self._constrain(seqs[i], masks[j])
         return RowMasks(rows, masks)
+
+    def _settle_rows(self, seqs: list[Sequence]):
+        """The sampler's `settle` for this step: each structured answer keeps room for its closing."""
+
+        def settle(tokens: list[int]) -> list[int]:
+            for i, seq in enumerate(seqs):
+                if seq.matcher is not None and not seq.thinking and tokens[i] not in seq.params.stop_token_ids:
+                    tokens_left = seq.params.max_tokens - len(seq.output_ids) - 1
+                    tokens[i] = seq.matcher.settle(tokens[i], tokens_left, seq.params.stop_token_ids[0])
+            return tokens
+
+        return settle
 
     def _constrain(self, seq: Sequence, row) -> None:
         if seq.thinking:
@@ -297,7 +320,7 @@ class Engine:
             return self._advance_thought(seq, token)
         if token in seq.params.stop_token_ids:
             seq.append(token)
-            return self._finish(seq, "stop", seq.detokenizer.finish(), [])
+            return self._finish(seq, self._stop_reason(seq), seq.detokenizer.finish(), [])
         if token == self.tokenizer.special.boi and seq.params.image_output:
             # An image is all or nothing: without room for every code and the end marker, stop here.
             if len(seq.output_ids) + 1 + self.num_image_tokens + 1 > seq.params.max_tokens:
@@ -312,10 +335,15 @@ class Engine:
         text = seq.detokenizer.push(token)
         lps = [logprob] if logprob is not None else []
         if seq.detokenizer.stopped or (seq.matcher is not None and seq.matcher.done):
-            return self._finish(seq, "stop", text + seq.detokenizer.finish(), lps)
+            return self._finish(seq, self._stop_reason(seq), text + seq.detokenizer.finish(), lps)
         if len(seq.output_ids) >= seq.params.max_tokens:
             return self._finish(seq, "length", text + seq.detokenizer.finish(), lps)
         return self._output(seq, [token], text, lps)
+
+    @staticmethod
+    def _stop_reason(seq: Sequence) -> str:
+        """A structured answer that the budget steered to its end ended by "length", though complete."""
+        return "length" if seq.matcher is not None and seq.matcher.steered else "stop"
 
     def _finish(
         self, seq: Sequence, reason: str, text: str, lps: list, error: str | None = None, reasoning: str = ""
