@@ -1,10 +1,13 @@
 """The `imagemini` command.
 
     imagemini serve [--model DIR] [--host H] [--port P]     the OpenAI-compatible server
+    imagemini keys create|list|show|disable|delete          API keys of the store (store/commands.py)
     imagemini generate "prompt" [--model DIR] [...]          one completion, printed
     imagemini generate "draw ..." --out picture.png          ... that starts with an image, saved
-    imagemini bench text [--concurrency 1 8] [...]           decode speed vs transformers
-    imagemini bench draw [--concurrency 1 8] [...]           image generation speed vs transformers
+    imagemini bench NAME [...]                               benchmarks (BENCHES below; the `test` extra)
+
+Benchmark and training modules are imported only when their command runs, so `pip install
+imagemini` (no extras) serves and generates.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from imagemini.store.commands import add_keys_command, add_store_arguments
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "bundled"
 
@@ -50,14 +55,17 @@ def _engine_config(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from imagemini.api.server import create_app
-
     from dataclasses import replace
 
+    from imagemini.api.server import create_app, serve
     from imagemini.api.settings import ServerSettings
 
+    from imagemini.store.clock import clock_from_env
+    from imagemini.store.commands import check_serving_rule, store_url
+    from imagemini.store.store import Store
+
+    url = store_url(args, create=False)
+    check_serving_rule(args.host, args.port, url, args.api_key, args.no_auth)
     model_dir = args.model or default_model_dir()
     settings = ServerSettings.from_env()
     if args.allow_image_urls:
@@ -65,8 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.allow_private_urls:
         settings = replace(settings, allow_private_urls=True)
     app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key,
-                     settings=settings, engine_threads=args.engine_threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=15)
+                     settings=settings, engine_threads=args.engine_threads,
+                     store=Store(url, clock_from_env()) if url else None)
+    serve(app, args.host, args.port)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -137,19 +146,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"{key:>22}: {value}")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+# name -> help. imagemini/bench/NAME.py owns its options (`add_arguments`) and is imported only
+# when its command is chosen: benchmarks need the `test` extra (httpx, transformers).
+BENCHES = {
+    "text": "decode tokens/s: our engine vs transformers' generate",
+    "http": "tokens/s streamed through the HTTP server vs the engine alone",
+    "structured": "tokens/s with and without a JSON schema, and the grammar mask's cost",
+    "images": "encoder cache: hit vs miss latency for a resent image",
+    "draw": "images/s drawn: our engine vs transformers' generate (image mode)",
+    "picture": "latency of a chat with a picture through the server (new vs resent)",
+    "train": "training steps/s and tokens/s of the recipe's stage 2 on a device",
+}
+
+
+def _bench_module(name: str):
     import importlib
 
-    importlib.import_module(f"imagemini.bench.{args.bench}").main(args)
+    try:
+        return importlib.import_module(f"imagemini.bench.{name}")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"imagemini bench {name} needs {exc.name}: pip install 'imagemini[test]'") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    parser = argparse.ArgumentParser(prog="imagemini", description="Janus models behind the OpenAI API")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_bench(args: argparse.Namespace) -> None:
+    _bench_module(args.bench).main(args)
 
-    p = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server, its model page and playground")
     _engine_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -157,12 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine-threads", type=int, default=None,
                    help="torch threads of the engine process (default: one per core but one, left to HTTP)")
     p.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve on a non-loopback --host without any key (refused otherwise); keys in the store still apply")
+    add_store_arguments(p)
     p.add_argument("--allow-image-urls", action="store_true",
                    help="fetch http(s) image/file URLs of requests (off: only data: URLs); IMAGEMINI_ALLOW_IMAGE_URLS")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="with --allow-image-urls: also loopback/private/link-local addresses; IMAGEMINI_ALLOW_PRIVATE_URLS")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="print one completion")
     _engine_args(p)
     p.add_argument("prompt")
@@ -174,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, help="with --out: classifier-free guidance (1 = none)")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the bundled shapes-world model (resumable)")
     p.add_argument("stage", choices=["vq", "lm", "all"], nargs="?", default="all")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="working directory of the stages")
@@ -187,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on held-out shapes-world chats")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--n", type=int, default=50, help="examples per task")
@@ -196,45 +229,27 @@ def main(argv: list[str] | None = None) -> None:
                    help="held-out chats (the report), training-split ones (what the model has learnt), or held-out wordings (free-worded requests)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    bench = p.add_subparsers(dest="bench", required=True)
-    for name, help_text in (
-        ("text", "decode tokens/s: our engine vs transformers' generate"),
-        ("http", "tokens/s streamed through the HTTP server vs the engine alone"),
-        ("structured", "tokens/s with and without a JSON schema, and the grammar mask's cost"),
-    ):
-        b = bench.add_parser(name, help=help_text)
-        b.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
-        b.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-        b.add_argument("--max-tokens", type=int, default=128)
-        b.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-        if name == "http":
-            b.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
-            b.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
-        b.set_defaults(func=cmd_bench)
-    from imagemini.bench import images as bench_images
 
-    i = bench.add_parser("images", help="encoder cache: hit vs miss latency for a resent image")
-    bench_images.add_arguments(i)
-    i.set_defaults(func=cmd_bench)
-    from imagemini.bench import draw as bench_draw
+def _add_bench(sub, argv: list[str]) -> None:
+    """Every benchmark is listed; only the one named in `argv` is imported, for its options."""
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    chosen = argv[1] if len(argv) > 1 and argv[0] == "bench" else None
+    for name, help_text in BENCHES.items():
+        p = bench.add_parser(name, help=help_text)
+        if name == chosen:
+            _bench_module(name).add_arguments(p)
+        p.set_defaults(func=cmd_bench)
 
-    d = bench.add_parser("draw", help="images/s drawn: our engine vs transformers' generate (image mode)")
-    bench_draw.add_arguments(d)
-    d.set_defaults(func=cmd_bench)
 
-    from imagemini.bench import picture as bench_picture
-
-    pic = bench.add_parser("picture", help="latency of a chat with a picture through the server (new vs resent)")
-    bench_picture.add_arguments(pic)
-    pic.set_defaults(func=cmd_bench)
-
-    from imagemini.bench import train as bench_train
-
-    t = bench.add_parser("train", help="training steps/s and tokens/s of the recipe's stage 2 on a device")
-    bench_train.add_arguments(t)
-    t.set_defaults(func=cmd_bench)
-
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="imagemini", description="Janus models behind the OpenAI API")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, add_keys_command, _add_generate, _add_train, _add_eval):
+        add(sub)
+    _add_bench(sub, argv)
     args = parser.parse_args(argv)
     try:
         args.func(args)

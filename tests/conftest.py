@@ -1,5 +1,7 @@
-"""Shared fixtures: the random Janus test checkpoint (built once per test session), the bundled
-checkpoint with a source echo and without one."""
+"""Shared fixtures: the random Janus test checkpoint (built once per test session), its 32K
+context copy and its padded-vocabulary copy, the bundled checkpoint with a source echo and
+without one, and `start_server` (a real server subprocess: tests/api/apitest.py, on the path
+through pyproject's pytest settings)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,25 @@ import shutil
 from pathlib import Path
 
 import pytest
+from apitest import run_server
 
 from imagemini.models import random_fixture
 from imagemini.models.processor import ECHO_FILE, EchoConfig
 
 BUNDLED = Path(random_fixture.__file__).parent / "bundled"
+PADDED_VOCAB = 4096
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return random_fixture.build(tmp_path_factory.mktemp("tiny-janus"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def padded_checkpoint(tmp_path_factory):
+    """The tiny network with its vocabulary padded to 4,096 rows for a 384-token tokenizer (as
+    Janus-Pro has 102,400 rows for ~100K tokens): most rows have no token."""
+    return random_fixture.build(tmp_path_factory.mktemp("tiny-padded"), size="tiny", vocab_size=PADDED_VOCAB)
 
 
 def _bundled_copy(out: Path, with_echo: bool) -> Path:
@@ -42,3 +53,26 @@ def echo_checkpoint(tmp_path_factory) -> Path:
 def plain_checkpoint(tmp_path_factory) -> Path:
     """The bundled weights as a plain Janus checkpoint: no echo.json, so no source echo."""
     return _bundled_copy(tmp_path_factory.mktemp("plain-ckpt"), with_echo=False)
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """A factory: `with start_server(model_dir, *cli_args, env={...}) as server: ...`."""
+    log_dir = tmp_path_factory.mktemp("server-logs")
+
+    def start(model_dir: Path, *args: str, env: dict[str, str] | None = None):
+        return run_server(model_dir, *args, env=env, log_dir=log_dir)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def long_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint with a 32K context: a 20,000-token completion takes long enough
+    (tens of seconds) that a test can act on it while it runs. RoPE works at any length."""
+    path = tmp_path_factory.mktemp("long") / "tiny-long"
+    shutil.copytree(tiny_checkpoint, path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 32768
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path

@@ -9,7 +9,8 @@ Each message's content becomes one string for the template (as the template expe
 contents): text parts joined with a newline (as vLLM does); an image is the image placeholder
 token at its place; a file is its text (and page images), see media.py.
 
-Roles: `image_url` and `file` parts only in `user` messages. System and developer content must
+Roles: `image_url` and `file` parts only in `user` messages; an assistant message's `images`
+(the pictures it drew, as the API returned them) are read as pictures of the next user turn. System and developer content must
 be text, as OpenAI requires (an image there is a 400); assistant content is text or refusal
 parts. Tool/function messages and tool calls are refused (no tool calling yet).
 
@@ -53,7 +54,35 @@ class Message:
 
 # --- parsing: structure and roles --------------------------------------------------------------------
 def parse_messages(messages: list[ChatMessage], accept_images: bool = True, accept_files: bool = True) -> list[Message]:
-    return [_parse(m, i, accept_images, accept_files) for i, m in enumerate(messages)]
+    """An assistant message's `images` (the pictures that answer drew) open the next user
+    message, before its content, as if the user had sent them back: an edit is asked about the
+    last picture of the conversation, and the model learnt edits with the picture in the user's
+    turn (in the assistant's own turn, as its features or as its drawn codes, the bundled model
+    redraws instead of editing: api/README.md). With no user message after them they open the
+    last assistant message."""
+    parsed = [_parse(m, i, accept_images, accept_files) for i, m in enumerate(messages)]
+    carried: list[str | ImageRef] = []
+    for i, (source, message) in enumerate(zip(messages, parsed)):
+        if message.role == "user" and carried:
+            message.parts[:0] = carried
+            carried = []
+        carried += [piece for ref in _drawn_images(source, f"messages[{i}]", accept_images) for piece in (ref, PART_JOINER)]
+    if carried:
+        last = next(m for m in reversed(parsed) if m.role == "assistant")
+        last.parts[:0] = carried
+    return parsed
+
+
+def _drawn_images(message: ChatMessage, where: str, accept_images: bool) -> list[ImageRef]:
+    if not message.images:
+        return []
+    param = f"{where}.images"
+    if message.role != "assistant":
+        raise bad_request(f"{param}: only assistant messages carry 'images' (the pictures an answer drew); "
+                          "send a picture as an 'image_url' part of a user message", param=param, code="invalid_content")
+    if not accept_images:
+        raise unsupported(param, "images in the history (this model takes no image input)")
+    return [ImageRef(image.image_url.url, image.image_url.detail, f"{param}[{k}]") for k, image in enumerate(message.images)]
 
 
 def _parse(message: ChatMessage, index: int, accept_images: bool, accept_files: bool) -> Message:

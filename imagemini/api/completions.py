@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from imagemini.engine.async_engine import AsyncEngine, EngineOverloaded
 from imagemini.engine.params import SamplingParams
@@ -57,6 +59,9 @@ from .schemas import (
     TopLogprob,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .metering import GenerationMeter
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +137,31 @@ class ChoiceRuns:
             task.cancel()
 
 
+@dataclass
+class Tally:
+    """What the choices of one completion have produced so far: its usage, and the ledger's row."""
+
+    completion_tokens: dict[int, int] = field(default_factory=dict)
+    image_tokens: dict[int, int] = field(default_factory=dict)
+    reasoning_tokens: dict[int, int] = field(default_factory=dict)
+    finish_reasons: dict[int, str | None] = field(default_factory=dict)
+    images: int = 0  # generated images, all choices
+    first_output_at: float | None = None  # time.monotonic() of the first delta
+
+    def add(self, index: int, out: SequenceOutput, images: int) -> None:
+        if self.first_output_at is None:
+            self.first_output_at = time.monotonic()
+        self.completion_tokens[index] = out.num_output_tokens
+        self.image_tokens[index] = out.num_image_tokens
+        self.reasoning_tokens[index] = out.num_reasoning_tokens
+        self.finish_reasons[index] = out.finish_reason
+        self.images += images
+
+    def totals(self) -> tuple[int, int, int]:
+        """(completion, image, reasoning) tokens of all choices."""
+        return sum(self.completion_tokens.values()), sum(self.image_tokens.values()), sum(self.reasoning_tokens.values())
+
+
 @dataclass(frozen=True)
 class ResponseContext:
     """What every object of one response shares."""
@@ -147,6 +177,14 @@ class ResponseContext:
     input_images: int = 0  # priced per image (card pricing.image), on top of their prompt tokens
     writer: ImageWriter | None = None  # set when the request may draw
     show_reasoning: bool = False  # the thought's text goes out (reasoning on and not excluded)
+    tally: Tally = field(default_factory=Tally)
+    meter: "GenerationMeter | None" = None  # the ledger (api/metering.py); None: a server without a store
+
+    async def end(self, status: str) -> None:
+        """Record the generation in the ledger (once: the first end wins) and wait for the commit.
+        Called before the response's last bytes; `status` is completed, error or cancelled."""
+        if self.meter is not None:
+            await self.meter.end(self, status)
 
     def reasoning_fields(self, text: str) -> dict:
         """`reasoning` and `reasoning_details` of a message or delta (nothing when not shown)."""
@@ -166,21 +204,15 @@ class ChoiceResult:
     text: list[str] = field(default_factory=list)
     logprobs: list[EngineLogprob] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
-    num_output_tokens: int = 0
-    num_image_tokens: int = 0
     reasoning: list[str] = field(default_factory=list)
-    num_reasoning_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
 
     def add(self, out: SequenceOutput, images: list[str]) -> None:
         self.text.append(out.text)
         self.reasoning.append(out.reasoning)
-        self.num_reasoning_tokens = out.num_reasoning_tokens
         self.logprobs.extend(out.logprobs)
         self.images.extend(images)
-        self.num_output_tokens = out.num_output_tokens
-        self.num_image_tokens = out.num_image_tokens
         self.finish_reason = out.finish_reason
         self.error = out.error
 
@@ -241,13 +273,18 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
     try:
         async with contextlib.aclosing(runs.outputs()) as outputs:
             async for index, out in outputs:
-                results[index].add(out, await ctx.image_urls(out))
+                images = await ctx.image_urls(out)
+                results[index].add(out, images)
+                ctx.tally.add(index, out, len(images))
                 if out.finish_reason in ("abort", "error"):
+                    await ctx.end("error")
                     raise failure(out.finish_reason, out.error, retry_after_s)
     except (EngineOverloaded, ValueError) as exc:  # a choice refused late (a race at admission)
+        await ctx.end("error")
         raise refusal(exc, retry_after_s) from None
     finally:
         runs.cancel()
+    await ctx.end("completed")
     choices = [
         Choice(
             index=i,
@@ -265,10 +302,7 @@ async def complete(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 
         model=ctx.model,
         system_fingerprint=ctx.system_fingerprint,
         choices=choices,
-        usage=usage(
-            ctx, sum(r.num_output_tokens for r in results), sum(r.num_image_tokens for r in results),
-            sum(r.num_reasoning_tokens for r in results),
-        ),
+        usage=usage(ctx, *ctx.tally.totals()),
     )
 
 
@@ -299,27 +333,27 @@ def _error_chunk(ctx: ResponseContext, index: int, error: APIError) -> str:
 
 async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: int = 1) -> AsyncIterator[str]:
     """SSE events of one completion. Closing this generator (client gone) withdraws every choice."""
-    completion_tokens = [0] * runs.n
-    image_tokens = [0] * runs.n
-    reasoning_tokens = [0] * runs.n
     try:
         for index in range(runs.n):
             yield _chunk(ctx, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
         async with contextlib.aclosing(runs.outputs()) as outputs:
             async for index, out in outputs:
-                completion_tokens[index] = out.num_output_tokens
-                image_tokens[index] = out.num_image_tokens
-                reasoning_tokens[index] = out.num_reasoning_tokens
-                for event in _delta_chunks(ctx, index, out, await ctx.image_urls(out)):
+                images = await ctx.image_urls(out)
+                ctx.tally.add(index, out, len(images))
+                for event in _delta_chunks(ctx, index, out, images):
                     yield event
                 if out.finish_reason in ("abort", "error"):
+                    await ctx.end("error")
                     yield _error_chunk(ctx, index, failure(out.finish_reason, out.error, retry_after_s))
                     return
-        yield _chunk(ctx, [], usage=usage(ctx, sum(completion_tokens), sum(image_tokens), sum(reasoning_tokens)))
+        await ctx.end("completed")
+        yield _chunk(ctx, [], usage=usage(ctx, *ctx.tally.totals()))
         yield "data: [DONE]\n\n"
     except Exception as exc:  # a choice refused after the stream began (a race at admission), or a bug
         if not isinstance(exc, (EngineOverloaded, ValueError)):
             log.exception("stream %s failed", ctx.id)
+        with contextlib.suppress(Exception):  # the ledger's own failure is what is being reported
+            await ctx.end("error")
         yield _error_chunk(ctx, 0, refusal(exc, retry_after_s))
     finally:
         runs.cancel()

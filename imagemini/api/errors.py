@@ -7,9 +7,12 @@ names the offending field as a path into the request body: `messages[0].content`
 
 Statuses and the `openai` SDK exception each maps to:
     400 invalid_request_error   BadRequestError       (also bad JSON, wrong content type)
-    401 authentication_error    AuthenticationError
+    401 authentication_error    AuthenticationError   (no, wrong, disabled, expired or deleted key)
+    402 insufficient_credits    APIStatusError        (the key's credit limit; code is the number 402, as OpenRouter)
+    403 permission_error        PermissionDeniedError (a management key on completions, or a plain key on /keys)
     404 invalid_request_error   NotFoundError         (unknown model, unknown route)
     413 invalid_request_error   APIStatusError        (body over the byte limit)
+    429 requests | tokens       RateLimitError        (the key's rate limit; X-RateLimit-* and Retry-After)
     503 server_error            InternalServerError   (queue full / shutting down; Retry-After)
     500 server_error            InternalServerError   (never with internals in the message)
 """
@@ -35,7 +38,7 @@ class APIError(Exception):
         message: str,
         type: str = "invalid_request_error",
         param: str | None = None,
-        code: str | None = None,
+        code: str | int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -45,9 +48,11 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.metadata: dict[str, Any] | None = None  # OpenRouter's error.metadata (402: which limit)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error | ({"metadata": self.metadata} if self.metadata is not None else {})}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

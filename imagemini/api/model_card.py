@@ -10,14 +10,18 @@
       "id": "imagemini/shapes-mini",            default "imagemini/<checkpoint dir name>"
       "name": "...", "description": "...",
       "owned_by": "imagemini",
-      "created": 1764115200,                    default: mtime of model.safetensors
+      "created": 1764115200,                    default: mtime of the weight files
       "tokenizer": "Other",
       "input_modalities": ["text", "image"],    what the checkpoint can take / make; the server adds
       "output_modalities": ["text", "image"],   "file" (PDF/text files) to inputs that include text
       "pricing_usd_per_million_tokens": {"prompt": 2.5, "completion": 2.0,
                                          "internal_reasoning": <completion>, "image_output": <completion>},
-      "pricing_usd_per_image": 0, "pricing_usd_per_request": 0
+      "pricing_usd_per_image": 0, "pricing_usd_per_request": 0,
+      "examples": [{"prompt": "...", "modalities": [...], "note": "..."}]
     }
+
+`examples` are prompts that work with this model: not part of the card's API shape, they are
+shown on the model page (imagemini/web/page.py), which reads them from the file itself.
 
 Prices, OpenRouter style: input image tokens are prompt tokens (BOI + N placeholders + EOI per
 image) at the prompt price, plus `pricing_usd_per_image` per input image (card `pricing.image`);
@@ -38,6 +42,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from imagemini.models.weights import weight_files
 
 from .schemas import Architecture, ModelCard, Pricing, ReasoningCapability, TopProvider
 
@@ -105,8 +111,14 @@ class Prices:
     def cost(
         self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
     ) -> float:
+        return float(self.exact_cost(prompt_tokens, completion_tokens, reasoning_tokens, image_tokens, input_images))
+
+    def exact_cost(
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
+    ) -> Decimal:
+        """USD, exact: usage.cost is its float, the ledger keeps it in nano-dollars."""
         text_tokens = completion_tokens - reasoning_tokens - image_tokens
-        total = (
+        return (
             self.request
             + input_images * self.image
             + prompt_tokens * self.prompt
@@ -114,7 +126,11 @@ class Prices:
             + reasoning_tokens * self.internal_reasoning
             + image_tokens * self.image_output
         )
-        return float(total)
+
+    def worst_case(self, prompt_tokens: int, max_completion_tokens: int, input_images: int = 0) -> Decimal:
+        """The most a request can cost: every completion token at the dearest completion price."""
+        dearest = max(self.completion, self.internal_reasoning, self.image_output)
+        return self.request + input_images * self.image + prompt_tokens * self.prompt + max_completion_tokens * dearest
 
 
 def _usd(value: Decimal) -> str:
@@ -170,7 +186,7 @@ def load_card(model_dir: Path, context_length: int, max_sequence_tokens: int, re
         parameters = sorted([*parameters, *REASONING_PARAMETERS])
     card = ModelCard(
         id=raw.get("id", f"imagemini/{model_dir.name}"),
-        created=int(raw.get("created", (model_dir / "model.safetensors").stat().st_mtime)),
+        created=int(raw.get("created", max(f.stat().st_mtime for f in weight_files(model_dir)))),
         owned_by=raw.get("owned_by", "imagemini"),
         name=raw.get("name", f"imagemini: {model_dir.name}"),
         description=raw.get("description", f"Janus-format multimodal checkpoint '{model_dir.name}' served by imagemini."),

@@ -11,7 +11,8 @@ The steps, in the order that decides which error a request with several problems
 4. the messages: parsed (chat.py), their images and files read (media.py), rendered through the
    chat template and encoded, each image expanded into its placeholder run (processor.py);
 5. the image start, when the answer starts with an image (models/image_output.py);
-6. the budgets: completion tokens, the thought's share, room for a whole image;
+6. the budgets: completion tokens, the thought's share, room for the shortest valid structured
+   answer, room for a whole image;
 7. one SamplingParams per choice: its seed, banned tokens, grammar and thought budget.
 Nothing here reaches the engine; routes.py submits the plan.
 """
@@ -27,7 +28,7 @@ from .chat import Message, has_media, parse_messages, resolve_messages, too_many
 from .errors import model_not_found
 from .media import InputImage
 from .reasoning import ReasoningPlan, reasoning_plan
-from .response_format import response_grammar
+from .response_format import check_answer_budget, response_grammar
 from .sampling import check_request, check_room_for_image, choice_params, completion_budget, draws_first
 from .schemas import ChatCompletionRequest
 from .state import ServerState
@@ -62,6 +63,7 @@ async def plan_completion(state: ServerState, request: ChatCompletionRequest) ->
     reasoning.check_draws_first(drawing_first)
     budget = completion_budget(request, len(ids), limits)
     budget, thought = reasoning.budgets(request, budget, len(ids), limits)
+    check_answer_budget(request, grammar, budget - thought, thought)
     if drawing_first:
         check_room_for_image(request, budget, len(ids), limits)
     params = choice_params(request, budget, limits, grammar, thought)

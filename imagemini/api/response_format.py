@@ -6,11 +6,15 @@
 "json_schema": {"name", "description", "schema", "strict"}}` a JSON value valid under `schema`
 (read as JSON Schema 2020-12; an absent schema is any JSON value). The answer is decoded under
 the schema's grammar (llguidance, engine/structured.py) and ends as soon as the value is
-complete (finish_reason "stop"). A completion cut by its token budget (finish_reason "length")
-or by a stop string is NOT valid JSON. With `strict: true`, and always for json_object, a
-schema feature the grammar engine cannot enforce (uniqueItems, contains, not, if/then/else,
-dependentRequired, propertyNames, unknown formats, look-around in patterns, overlapping oneOf,
-...) is a 400 `unsupported_schema_feature` whose message names it; an invalid schema is a 400
+complete (finish_reason "stop"). It always parses: as the token budget runs out, the engine
+steers the answer onto a short closing of what is open (engine/closing.py), and the value then
+ends with finish_reason "length". A budget too small for even the shortest valid answer the
+engine finds is a 400 `max_tokens_too_small` naming that minimum (`check_answer_budget`). A
+`stop` string that matches inside the value still cuts it (stop strings apply to the answer as
+usual). With `strict: true`, and always for json_object, a schema feature the grammar engine
+cannot enforce (uniqueItems, contains, not, if/then/else, dependentRequired, propertyNames,
+unknown formats, look-around in patterns, overlapping oneOf, ...) is a 400
+`unsupported_schema_feature` whose message names it; an invalid schema is a 400
 `invalid_json_schema`. Without strict, those features are ignored (best effort, as OpenAI's
 non-strict mode) and everything else is enforced. Compiled grammars are cached (LRU, by hash).
 """
@@ -65,6 +69,19 @@ def format_schema(request: ChatCompletionRequest) -> tuple[dict, bool] | None:
             "response_format.json_schema.name", "invalid_value",
         )
     return (spec.schema_ if spec.schema_ is not None else {}), bool(spec.strict)
+
+
+def check_answer_budget(request: ChatCompletionRequest, grammar: Grammar | None, answer_budget: int, thought: int) -> None:
+    """The answer's budget (the completion's, less the thought's) must hold the shortest valid answer."""
+    if grammar is None or grammar.min_tokens is None or grammar.min_tokens <= answer_budget:
+        return
+    param = "max_completion_tokens" if request.max_completion_tokens is not None or request.max_tokens is None else "max_tokens"
+    after_thought = f" after a thought of up to {thought} tokens" if thought else ""
+    raise bad_request(
+        f"response_format: the shortest answer valid under the schema takes {grammar.min_tokens} tokens, but {param} "
+        f"leaves the answer {answer_budget}{after_thought}: raise {param} to at least {grammar.min_tokens + thought}",
+        param, "max_tokens_too_small",
+    )
 
 
 async def response_grammar(request: ChatCompletionRequest, compiler: GrammarCompiler) -> Grammar | None:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from .completions import ChoiceRuns, ResponseContext, complete, refusal, stream_events
+from .metering import GenerationMeter
 from .errors import APIError, bad_request, from_validation_error, model_not_found
 from .plan import CompletionPlan, plan_completion
 from .schemas import ChatCompletionRequest, ModelList
@@ -44,7 +45,8 @@ def server(request: Request) -> ServerState:
 
 
 async def require_key(request: Request) -> None:
-    server(request).check_key(request.headers.get("authorization"))
+    """Every API route: the caller's key (api/access.py), kept as request.state.principal."""
+    request.state.principal = await server(request).access.authenticate(request.headers.get("authorization"))
 
 
 api_router = APIRouter(dependencies=[Depends(require_key)])
@@ -76,7 +78,22 @@ async def read_json_body(request: Request, limit: int, max_depth: int = 32) -> A
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
     if json_depth(data, max_depth) > max_depth:
         raise _too_deep(max_depth)
+    if _SURROGATE_ESCAPE.search(body) and not _encodable(data):
+        raise bad_request("The JSON body has an unpaired surrogate escape (\\ud800-\\udfff).", code="invalid_json")
     return data
+
+
+# Only a \uD800-\uDFFF escape can put a lone surrogate into a parsed string (raw UTF-8 cannot):
+# such a string cannot be encoded, so the tokenizer could not take it.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _encodable(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_depth(data: Any, stop_after: int) -> int:
@@ -129,10 +146,20 @@ async def chat_completions(request: Request) -> Response:
     data = await read_json_body(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     chat = parse_chat_request(data)
     plan = await plan_completion(state, chat)
-    runs, ctx = await submit(state, chat, plan)
+    meter = await state.access.admit(
+        request.state.principal, state.card, len(plan.prompt_ids), sum(p.max_tokens for p in plan.params),
+        len(plan.images), streamed=bool(chat.stream),
+    )
+    try:
+        runs, ctx = await submit(state, chat, plan, meter)
+    except BaseException:
+        if meter is not None:
+            await meter.release()
+        raise
     # Safety net: however this request's task ends (response sent, client gone before the stream
-    # began, cancelled at shutdown), no choice keeps running in the engine for nobody.
-    asyncio.current_task().add_done_callback(lambda _: runs.cancel())
+    # began, cancelled at shutdown), no choice keeps running in the engine for nobody, and the
+    # generation has its ledger row (a no-op when it was written before the last bytes).
+    asyncio.current_task().add_done_callback(lambda _: (runs.cancel(), meter and meter.end(ctx, "cancelled")))
     headers = ignored_fields_header(data)
     retry_after = state.settings.retry_after_s
     if chat.stream:
@@ -142,7 +169,9 @@ async def chat_completions(request: Request) -> Response:
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
-async def submit(state: ServerState, chat: ChatCompletionRequest, plan: CompletionPlan) -> tuple[ChoiceRuns, ResponseContext]:
+async def submit(
+    state: ServerState, chat: ChatCompletionRequest, plan: CompletionPlan, meter: GenerationMeter | None = None
+) -> tuple[ChoiceRuns, ResponseContext]:
     """Every choice of the plan to the engine, admitted all or none."""
     state.check_capacity(plan.num_choices)
     embeds = await state.prompt_embeds(plan.prompt_ids, plan.images)
@@ -158,6 +187,7 @@ async def submit(state: ServerState, chat: ChatCompletionRequest, plan: Completi
         input_images=len(plan.images),
         writer=state.writer if chat.wants_image else None,
         show_reasoning=plan.reasoning.shows_thought,
+        meter=meter,
     )
     runs = ChoiceRuns(state.engine, plan.prompt_ids, plan.params, ctx.id, embeds)
     try:

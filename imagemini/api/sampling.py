@@ -33,11 +33,14 @@ class Limits:
 
     max_sequence_tokens: int  # prompt + completion must fit: min(model context, whole KV budget)
     default_max_tokens: int  # cap when the request names no max_completion_tokens
-    vocab_size: int
+    vocab_size: int  # the tokenizer's: ids from here up (a padded vocabulary's rows) have no token
     image: ImageOutput  # what the checkpoint draws, and which tokens a request that may (not) draw never samples
     # A checkpoint that can think: its delimiters, never sampled by a completion without a thought
     # (so no thought leaks into the answer).
     think_ids: tuple[int, ...] | None = None
+    # The model's own context (max_position_embeddings), when the KV budget is smaller: errors name both.
+    model_context: int | None = None
+    no_token_ids: frozenset[int] = frozenset()  # gaps in the tokenizer's ids
 
 
 def check_request(request: ChatCompletionRequest, limits: Limits) -> None:
@@ -60,12 +63,15 @@ def check_request(request: ChatCompletionRequest, limits: Limits) -> None:
         raise bad_request("stream_options is only allowed when stream is true", param="stream_options")
 
 
-def logit_bias_ids(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
-    """JSON keys are strings; each must be the decimal id of a token of this tokenizer."""
+def logit_bias_ids(
+    bias: dict[str, float] | None, vocab_size: int, no_token_ids: frozenset[int] = frozenset()
+) -> dict[int, float]:
+    """JSON keys are strings; each must be the decimal id of a token of this tokenizer (not one of
+    the ids a padded vocabulary or a gap in the tokenizer's ids leaves without a token)."""
     out: dict[int, float] = {}
     for key, value in (bias or {}).items():
         token = int(key) if key.isascii() and key.isdigit() else -1
-        if not 0 <= token < vocab_size:
+        if not 0 <= token < vocab_size or token in no_token_ids:
             raise bad_request(
                 f"logit_bias key {key!r} is not a token id of this model (integers 0..{vocab_size - 1})",
                 param="logit_bias",
@@ -109,7 +115,7 @@ def completion_budget(request: ChatCompletionRequest, prompt_tokens: int, limits
         default = limits.default_max_tokens + (limits.image.tokens_per_image if request.wants_image else 0)
         return min(room, default)
     if asked is None or asked > room:
-        raise context_exceeded(prompt_tokens, asked, limits.max_sequence_tokens)
+        raise context_exceeded(prompt_tokens, asked, limits.max_sequence_tokens, limits.model_context)
     return asked
 
 
@@ -119,7 +125,7 @@ def check_room_for_image(request: ChatCompletionRequest, budget: int, prompt_tok
     if budget >= need:
         return
     if (request.max_completion_tokens or request.max_tokens) is None:  # the context is what is short
-        raise context_exceeded(prompt_tokens, need, limits.max_sequence_tokens)
+        raise context_exceeded(prompt_tokens, need, limits.max_sequence_tokens, limits.model_context)
     if budget < need:
         raise bad_request(
             f"modalities [\"image\"] starts the answer with an image, which takes {need} completion tokens "
@@ -128,11 +134,14 @@ def check_room_for_image(request: ChatCompletionRequest, budget: int, prompt_tok
         )
 
 
-def context_exceeded(prompt_tokens: int, asked: int | None, limit: int) -> APIError:
+def context_exceeded(prompt_tokens: int, asked: int | None, limit: int, model_context: int | None = None) -> APIError:
     completion = f"{asked} in the completion" if asked is not None else "at least 1 in the completion"
+    kv_bound = ""
+    if model_context is not None and model_context > limit:
+        kv_bound = f" (the model's context is {model_context} tokens; this server's KV cache holds {limit})"
     return APIError(
         400,
-        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"This model's maximum context length is {limit} tokens{kv_bound}. However, you requested "
         f"{prompt_tokens + (asked or 1)} tokens ({prompt_tokens} in the messages, {completion}). "
         "Please reduce the length of the messages or completion.",
         param="messages",
@@ -171,7 +180,7 @@ def choice_params(
         top_p=value(request.top_p, value(image.top_p, 1.0) if drawing else 1.0),
         frequency_penalty=value(request.frequency_penalty, 0.0),
         presence_penalty=value(request.presence_penalty, 0.0),
-        logit_bias=logit_bias_ids(request.logit_bias, limits.vocab_size),
+        logit_bias=logit_bias_ids(request.logit_bias, limits.vocab_size, limits.no_token_ids),
         logprobs=bool(request.logprobs),
         top_logprobs=value(request.top_logprobs, 0),
         stop=request.stop_strings,

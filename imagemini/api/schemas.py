@@ -84,6 +84,9 @@ class ChatMessage(_Request):
     function_call: dict[str, Any] | None = None  # refused
     tool_call_id: str | None = None
     audio: dict[str, Any] | None = None  # refused
+    # An earlier answer's pictures, as this server returned them (`message.images`): read as
+    # that turn's pictures (assistant messages only; api/chat.py places them).
+    images: list[ImageUrlPart] | None = None
     # An earlier answer's thought, as this server returned it: accepted, NOT rendered into the
     # prompt (earlier thoughts are dropped from the history, as DeepSeek-R1 does; api/reasoning.py).
     reasoning: str | None = None

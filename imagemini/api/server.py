@@ -8,6 +8,10 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     GET  /v1/models                   {"object": "list", "data": [model card]}
     GET  /v1/models/{id}              the model card
     GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
+    /api/v1/key, /keys, /credits, /generation   OpenRouter's platform API: platform.py (keys and the
+                                      ledger live in imagemini/store/; who may call: access.py)
+    GET  /, /playground               the model page and playground (imagemini/web/)
+    GET  /openapi.json                every route, body and status above (openapi.py)
 
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
@@ -17,19 +21,26 @@ its cache; generated images to PNG). README.md documents the whole API.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from imagemini.engine.async_engine import AsyncEngine
 from imagemini.engine.engine import EngineConfig
+from imagemini.store.store import Store
+from imagemini.web.routes import web_router
 
-from . import errors
+from . import errors, openapi
+from .platform import platform_router
 from .routes import api_router, health_router
 from .settings import ServerSettings
 from .state import ServerState, on_shutdown_signal
+
+log = logging.getLogger("imagemini")
 
 
 def create_app(
@@ -40,14 +51,17 @@ def create_app(
     *,
     settings: ServerSettings | None = None,
     engine_threads: int | None = None,
+    store: Store | None = None,
 ) -> FastAPI:
-    """Starts the engine process (`engine_threads` torch threads) and waits until it is ready."""
+    """Starts the engine process (`engine_threads` torch threads) and waits until it is ready.
+    With a `store`: keys, limits and the ledger (migrated at start-up)."""
     settings = settings or ServerSettings.from_env()
     engine = AsyncEngine(model_dir, config, max_pending=max_pending, threads=engine_threads)
-    state = ServerState.build(Path(model_dir), engine, settings, api_keys)
+    state = ServerState.build(Path(model_dir), engine, settings, api_keys, store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.open_store()
         state.engine.start()
         restore_signals = on_shutdown_signal(state.begin_drain)
         try:
@@ -58,8 +72,25 @@ def create_app(
 
     app = FastAPI(title="imagemini", version="0.1.0", lifespan=lifespan)
     app.state.server = state
+    app.state.model_dir = Path(model_dir)
     errors.install(app)
+    openapi.install(app)  # the whole contract at /openapi.json (openapi.py)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
+    app.include_router(platform_router, prefix="/api/v1")
     app.include_router(health_router)
+    app.include_router(web_router)  # the model page and playground (imagemini/web/)
     return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run `app` with uvicorn; once it listens, say where the model page is."""
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+                log.info("ready: model page and playground at http://%s:%d/ (API at http://%s:%d/v1)", shown, port, shown, port)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=15)).run()

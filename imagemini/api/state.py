@@ -1,8 +1,9 @@
 """What the routes share: the engine, the model card, the limits, the model's parts the API uses
 (tokenizer, grammar compiler, image encoder and decoder), and the server's lifecycle.
 
-    state = ServerState.build(model_dir, async_engine, settings, api_keys)
+    state = ServerState.build(model_dir, async_engine, settings, api_keys, store)
     app.state.server = state          # routes read it from request.app.state.server
+    await state.open_store()          # at start-up: the store's migrations (api/access.py: who may call)
 
 Shutdown: `begin_drain()` (on SIGTERM/SIGINT) stops new requests (503 + Retry-After) and gives
 running ones `settings.shutdown_grace_s` to finish; the engine then aborts the rest, which
@@ -12,7 +13,6 @@ ends their streams with an error chunk (and non-streams with 503) instead of a c
 from __future__ import annotations
 
 import asyncio
-import hmac
 import signal
 import threading
 from collections.abc import Callable
@@ -26,10 +26,14 @@ from imagemini.engine.async_engine import AsyncEngine
 from imagemini.engine.structured import GrammarCompiler
 from imagemini.models.image_output import ImageOutput, ImageWriter
 from imagemini.models.processor import Processor
+from imagemini.store.clock import clock_from_env
+from imagemini.store.store import Store
 
+from .access import Access
+from .metering import wait_for_ledger_writes
 from .chat import PromptEncoder
 from .encoder import EncoderCache, VisionEncoder
-from .errors import APIError, overloaded
+from .errors import overloaded
 from .media import InputImage, MediaReader
 from .model_card import LoadedCard, load_card
 from .reasoning import card_thinks, thinking_supported
@@ -43,7 +47,7 @@ class ServerState:
     card: LoadedCard
     limits: Limits
     settings: ServerSettings
-    api_keys: tuple[str, ...] = ()
+    access: Access = field(default_factory=lambda: Access(None))
     processor: Processor | None = None
     grammars: GrammarCompiler | None = None
     prompts: PromptEncoder | None = None
@@ -58,7 +62,9 @@ class ServerState:
     _drain_task: asyncio.Task | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None) -> "ServerState":
+    def build(
+        cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None, store: Store | None = None
+    ) -> "ServerState":
         """The API's model parts (tokenizer, grammar compiler, the model's image encoder and decoder)
         are the ones the engine loaded in this process (async_engine.py: EngineFrontend); they are
         taken from it here, once, and reached through this state everywhere else."""
@@ -73,9 +79,12 @@ class ServerState:
             vocab_size=tokenizer.vocab_size,
             image=ImageOutput.from_dir(model_dir, tokenizer, model.cfg, offered="image" in card.outputs),
             think_ids=limits.think if card_thinks(card) else None,
+            model_context=limits.context_length,
+            no_token_ids=tokenizer.no_token_ids,
         )
         return cls(
-            engine, card, request_limits, settings, tuple(api_keys or ()),
+            engine, card, request_limits, settings,
+            Access(store, tuple(api_keys or ()), clock=store.clock if store is not None else clock_from_env()),
             processor=processor,
             grammars=frontend.grammars,
             prompts=PromptEncoder(tokenizer),
@@ -88,16 +97,11 @@ class ServerState:
             writer=ImageWriter(model),
         )
 
-    # --- per request ------------------------------------------------------------------------------
-    def check_key(self, authorization: str | None) -> None:
-        if not self.api_keys:
-            return
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise _unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
-        if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.api_keys):
-            raise _unauthorized("Incorrect API key provided.")
+    @property
+    def store(self) -> Store | None:
+        return self.access.store
 
+    # --- per request ------------------------------------------------------------------------------
     def check_capacity(self, n: int) -> None:
         """Refuse up front what the engine would refuse, so n choices are admitted all or none."""
         if self.draining:
@@ -133,6 +137,12 @@ class ServerState:
         }
 
     # --- lifecycle --------------------------------------------------------------------------------
+    async def open_store(self) -> None:
+        """Bring the store's schema up to date and give back reservations that dead servers left."""
+        if self.store is not None:
+            await self.store.migrate()
+            await self.store.sweep_reservations()
+
     def begin_drain(self) -> None:
         if self._drain_task is None:
             self.draining = True
@@ -141,12 +151,9 @@ class ServerState:
     async def finish_drain(self) -> None:
         self.begin_drain()
         await self._drain_task
-
-
-def _unauthorized(message: str) -> APIError:
-    return APIError(
-        401, message, type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-    )
+        if self.store is not None:
+            await wait_for_ledger_writes()
+            await self.store.close()
 
 
 def on_shutdown_signal(callback: Callable[[], None]) -> Callable[[], None]:

@@ -11,6 +11,11 @@ figure is the HTTP layer's own cost, the rest is the core the HTTP side takes.
 
 A small VM's speed wanders by ±15% from one minute to the next, more than the effect measured,
 so the three timings take turns `--repeats` times and each keeps its best (as `bench draw` does).
+
+`--ledger`: what keys and the ledger cost. Two servers side by side, one without a store, one
+with an SQLite store (--data-dir) called with a key that has a credit limit, so that every
+request is authenticated, reserves its worst case, and commits its ledger row before [DONE];
+tokens/s and p50 request latency of each, taking turns as above.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import torch
 
-from imagemini.bench.text import PROMPTS, _prompts, bench_engine
+from imagemini.bench.text import PROMPTS, _prompts, bench_engine, add_arguments as _text_arguments
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.models import random_fixture
 
@@ -48,19 +55,19 @@ def sse_chunk(line: str) -> dict | None:
 
 
 @contextlib.contextmanager
-def served(path: Path | str, dtype: str, engine_threads: int | None = None):
-    """`imagemini serve --model path` as a subprocess, ready: yields (base URL, model id)."""
+def served(path: Path | str, dtype: str, engine_threads: int | None = None, *extra: str, key: str | None = None):
+    """`imagemini serve --model path [extra]` as a subprocess, ready: yields (base URL, model id)."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", dtype,
-         *(["--engine-threads", str(engine_threads)] if engine_threads else [])],
+         *(["--engine-threads", str(engine_threads)] if engine_threads else []), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             try:
-                models = httpx.get(f"{base}/v1/models", timeout=1).json()
+                models = httpx.get(f"{base}/v1/models", timeout=1, headers=_auth(key)).json()
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -72,8 +79,19 @@ def served(path: Path | str, dtype: str, engine_threads: int | None = None):
         server.wait(timeout=30)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _text_arguments(p)
+    p.add_argument("--engine-threads", type=int, default=None, help="passed to `imagemini serve`")
+    p.add_argument("--repeats", type=int, default=3, help="turns of the three timings (the best of each is kept)")
+    p.add_argument("--ledger", action="store_true",
+                   help="instead: tokens/s and p50 latency with keys and the SQLite ledger on vs off")
+
+
 def main(args: argparse.Namespace) -> dict[int, dict[str, float]]:
-    """Print and return, per concurrency, the best tokens/s of each timing."""
+    """Print and return, per concurrency, the best tokens/s of each timing (with --ledger: the
+    ledger's cost instead, `ledger_cost`)."""
+    if args.ledger:
+        return ledger_cost(args)
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     threads = torch.get_num_threads()
@@ -93,14 +111,55 @@ def main(args: argparse.Namespace) -> dict[int, dict[str, float]]:
                 torch.set_num_threads(server_threads)
                 alone_as_served = max(alone_as_served, bench_engine(engine, _prompts(engine, c), args.max_tokens))
                 torch.set_num_threads(threads)
-                http = max(http, asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id)))
+                http = max(http, asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id))[0])
             print(f"{c:>11} {alone:>13.1f} {alone_as_served:>13.1f} {http:>11.1f} {http / alone:>11.0%} "
                   f"{http / alone_as_served:>12.0%}", flush=True)
             results[c] = {"engine": alone, "engine_as_served": alone_as_served, "http": http}
     return results
 
 
-async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, model_id: str) -> float:
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def ledger_cost(args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """Per concurrency: best tokens/s and p50 latency (s) without a store ("off") and with keys
+    and the SQLite ledger ("on")."""
+    from imagemini.store.store import Store, database_url
+
+    path = args.model or random_fixture.cached_small()
+    eos = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype)).tokenizer.special.eos
+    results: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+
+        async def make_key() -> str:
+            store = Store(database_url(data_dir=Path(data_dir)))
+            await store.migrate()
+            secret, _ = await store.create_key("bench", limit_nanos=10**15)  # a limit: reservations run too
+            await store.close()
+            return secret
+
+        key = asyncio.run(make_key())
+        with served(path, args.dtype, args.engine_threads) as (off, model_id), \
+                served(path, args.dtype, args.engine_threads, "--data-dir", data_dir, key=key) as (on, _):
+            print(f"keys and ledger: checkpoint {path}  new tokens/request {args.max_tokens}  best of {args.repeats}")
+            print(f"{'concurrency':>11} {'off tok/s':>10} {'on tok/s':>10} {'on/off':>7} {'off p50 ms':>11} {'on p50 ms':>10}")
+            for c in args.concurrency:
+                row = {"off": 0.0, "on": 0.0, "off_p50": float("inf"), "on_p50": float("inf")}
+                for _ in range(args.repeats):
+                    for name, base, secret in (("off", off, None), ("on", on, key)):
+                        rate, p50 = asyncio.run(_bench_http(base, c, args.max_tokens, eos, model_id, secret))
+                        row[name], row[f"{name}_p50"] = max(row[name], rate), min(row[f"{name}_p50"], p50)
+                print(f"{c:>11} {row['off']:>10.1f} {row['on']:>10.1f} {row['on'] / row['off']:>7.1%} "
+                      f"{row['off_p50'] * 1000:>11.1f} {row['on_p50'] * 1000:>10.1f}", flush=True)
+                results[c] = row
+    return results
+
+
+async def _bench_http(
+    base: str, concurrency: int, max_tokens: int, eos: int, model_id: str, key: str | None = None
+) -> tuple[float, float]:
+    """(tokens/s, p50 request latency in s) of `concurrency` streams at once."""
     url = f"{base}/v1/chat/completions"
 
     async def one(client, prompt, n):
@@ -108,20 +167,21 @@ async def _bench_http(base: str, concurrency: int, max_tokens: int, eos: int, mo
             "model": model_id, "messages": [{"role": "user", "content": prompt}], "stream": True,
             "max_completion_tokens": n, "temperature": 0, "logit_bias": {str(eos): -100},
         }
-        tokens = 0
-        async with client.stream("POST", url, json=body) as response:
+        tokens, began = 0, time.perf_counter()
+        async with client.stream("POST", url, json=body, headers=_auth(key)) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
                 chunk = sse_chunk(line)
                 if chunk is not None and chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
-        return tokens
+        return tokens, time.perf_counter() - began
 
     async with httpx.AsyncClient(timeout=300) as client:
         await one(client, PROMPTS[0], 4)
         start = time.perf_counter()
-        counts = await asyncio.gather(*[one(client, PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(concurrency)])
+        done = await asyncio.gather(*[one(client, PROMPTS[i % len(PROMPTS)], max_tokens) for i in range(concurrency)])
         elapsed = time.perf_counter() - start
+    counts = [tokens for tokens, _ in done]
     if not all(c == max_tokens for c in counts):
         raise RuntimeError(f"streams returned {counts} tokens, expected {max_tokens} each")
-    return sum(counts) / elapsed
+    return sum(counts) / elapsed, statistics.median(latency for _, latency in done)

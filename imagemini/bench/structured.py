@@ -1,22 +1,27 @@
 """`imagemini bench structured`: decode throughput with and without a JSON schema, and what the
-grammar mask costs per token, in one run on one engine.
+grammar mask and the closing within the budget cost per token, in one run on one engine.
 
-For each concurrency c, c requests decode together, greedy, exactly `--max-tokens` tokens each:
+For each concurrency c, c requests decode together, greedy, `--max-tokens` tokens each:
 - `plain`: no schema (EOS suppressed, as in `bench text`);
 - `schema`: response_format json_schema = an unbounded array of shapes-world objects (enums,
   bounded integers, a patterned string, a nested array), so that every answer stays inside the
-  grammar for all its tokens (EOS and every token holding "]" are suppressed by logit_bias).
+  grammar for all its tokens (EOS and every token holding "]" are suppressed by logit_bias),
+  without the closing (EngineConfig.close_within_budget off: the answer is cut at the budget);
+- `closing`: the same with the closing on (the default): every step checks that the answer can
+  still close in the tokens left (GrammarMatcher.settle), and the last tokens close the array.
 Mask cost = wall time spent computing the per-row bitmasks (llguidance), applying them to the
-logits and advancing the matchers, per constrained token; its share is of the schema run's time.
+logits and advancing the matchers, per constrained token; closing cost = wall time in `settle`
+per constrained token (closing.py's greedy walks); shares are of their run's time.
 Grammar compilation (once, cached) is reported apart: in the server it runs in a worker thread.
-The two runs alternate `REPEATS` times and the best of each is kept (a shared CPU is noisy); the
-mask cost is the median over the schema runs.
+The runs alternate `REPEATS` times and the best of each is kept (a shared CPU is noisy); the
+costs are medians over the runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -24,8 +29,9 @@ from imagemini.engine import structured
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.engine.params import SamplingParams
 from imagemini.models import random_fixture
+from imagemini.world.scene import COLORS, SHAPES, SIZES
 
-from .text import _prompts
+from .text import _prompts, add_arguments as _text_arguments
 
 REPEATS = 3
 
@@ -35,9 +41,9 @@ SCHEMA = {
     "$defs": {"object": {
         "type": "object",
         "properties": {
-            "shape": {"enum": ["circle", "square", "triangle", "cross"]},
-            "color": {"enum": ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]},
-            "size": {"enum": ["small", "large"]},
+            "shape": {"enum": list(SHAPES)},
+            "color": {"enum": list(COLORS)},
+            "size": {"enum": list(SIZES)},
             "cell": {"type": "integer", "minimum": 0, "maximum": 8},
             "id": {"type": "string", "pattern": "^[a-z]{2}[0-9]{2}$"},
             "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
@@ -49,12 +55,14 @@ SCHEMA = {
 
 
 class MaskTimer:
-    """Wraps the engine's mask building, the sampler's mask application and the matchers' consume."""
+    """Wraps the engine's mask building, the sampler's mask application and the matchers'
+    consume (`seconds`), and the matchers' settle (`closing_seconds`)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.seconds = 0.0
+        self.seconds = self.closing_seconds = 0.0
         self.rows = 0
-        build, apply, consume = engine._row_masks, structured.RowMasks.apply, structured.GrammarMatcher.consume
+        build, apply = engine._row_masks, structured.RowMasks.apply
+        consume, settle = structured.GrammarMatcher.consume, structured.GrammarMatcher.settle
         timer = self
 
         def timed_build(seqs):
@@ -75,12 +83,22 @@ class MaskTimer:
             timer.seconds += time.perf_counter() - start
             return ok
 
+        def timed_settle(self, token, tokens_left, stop_token):
+            start = time.perf_counter()
+            token = settle(self, token, tokens_left, stop_token)
+            timer.closing_seconds += time.perf_counter() - start
+            return token
+
         engine._row_masks = timed_build
         structured.RowMasks.apply = timed_apply
         structured.GrammarMatcher.consume = timed_consume
+        structured.GrammarMatcher.settle = timed_settle
 
     def reset(self) -> None:
-        self.seconds, self.rows = 0.0, 0
+        self.seconds, self.closing_seconds, self.rows = 0.0, 0.0, 0
+
+    def per_token_us(self, seconds: float) -> float:
+        return seconds / max(self.rows, 1) * 1e6
 
 
 def run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> tuple[float, int]:
@@ -88,6 +106,10 @@ def run(engine: Engine, prompts: list[list[int]], params: SamplingParams) -> tup
     results = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     return elapsed, sum(len(r["token_ids"]) for r in results)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _text_arguments(p)  # the same options as `bench text`
 
 
 def main(args: argparse.Namespace) -> None:
@@ -110,18 +132,22 @@ def main(args: argparse.Namespace) -> None:
     print(f"checkpoint {path}  dtype {args.dtype}  vocab {engine.code_offset}  new tokens/request {args.max_tokens}  "
           f"threads {torch.get_num_threads()}")
     print(f"schema compile: {compile_ms:.1f} ms first (with tokenizer tables), {second_ms:.1f} ms next (cached after)")
-    print(f"{'concurrency':>11} {'plain tok/s':>12} {'schema tok/s':>13} {'ratio':>6} {'mask us/token':>14} {'mask share':>11}")
+    print(f"{'concurrency':>11} {'plain tok/s':>12} {'schema tok/s':>13} {'closing tok/s':>14} {'mask us/token':>14} "
+          f"{'closing us/token':>17} {'closing share':>14}")
     for c in args.concurrency:
         prompts = _prompts(engine, c)
-        rates = {"plain": [], "schema": []}
-        costs = []  # (us per constrained token, share of the run)
+        rates = {"plain": [], "schema": [], "closing": []}
+        costs = []  # (mask us per constrained token, closing us per constrained token, closing share of the run)
         for _ in range(REPEATS):
             seconds, tokens = run(engine, prompts, plain)
             rates["plain"].append(tokens / seconds)
-            timer.reset()
-            seconds, tokens = run(engine, prompts, constrained)
-            rates["schema"].append(tokens / seconds)
-            costs.append((timer.seconds / max(timer.rows, 1) * 1e6, timer.seconds / seconds))
-        ours, theirs = max(rates["plain"]), max(rates["schema"])
-        per_token, share = sorted(costs)[len(costs) // 2]
-        print(f"{c:>11} {ours:>12.1f} {theirs:>13.1f} {theirs / ours:>6.2f} {per_token:>14.1f} {share:>10.1%}")
+            for closing in (False, True):
+                engine.config = replace(engine.config, close_within_budget=closing)
+                timer.reset()
+                seconds, tokens = run(engine, prompts, constrained)
+                rates["closing" if closing else "schema"].append(tokens / seconds)
+            costs.append((timer.per_token_us(timer.seconds), timer.per_token_us(timer.closing_seconds), timer.closing_seconds / seconds))
+        mask_us = sorted(cost[0] for cost in costs)[len(costs) // 2]
+        closing_us, share = sorted(cost[1:] for cost in costs)[len(costs) // 2]
+        print(f"{c:>11} {max(rates['plain']):>12.1f} {max(rates['schema']):>13.1f} {max(rates['closing']):>14.1f} "
+              f"{mask_us:>14.1f} {closing_us:>17.1f} {share:>13.1%}")

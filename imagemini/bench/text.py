@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,14 @@ PROMPTS = [
     "Hello! What can you do?",
     "Move the square to the left.",
 ]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Also the options of `bench http` and `bench structured`."""
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: random fixture, small size)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
 
 
 def _prompts(engine: Engine, concurrency: int) -> list[list[int]]:

@@ -10,7 +10,8 @@ step drains); `step` runs on one thread only. `AsyncEngine` (async_engine.py) ru
 steps in a process of their own and hands each request its outputs through asyncio.
 
 Constrained rows (structured.py): a request with `params.grammar` samples only tokens its
-grammar allows and ends ("stop") when the grammar is complete; one with `reasoning_budget > 0`
+grammar allows and ends ("stop") when the grammar is complete; as its max_tokens runs out it is
+steered onto a closing of what is open (closing.py), so it ends complete ("length"); one with `reasoning_budget > 0`
 starts inside a thought (the prompt opened it), whose text goes to `SequenceOutput.reasoning`,
 and which the engine closes with the end-of-thinking token when the budget is spent.
 """
@@ -33,6 +34,7 @@ from . import sampler, structured
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
+from .numerics import numerics_description
 from .params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import Sequence, SequenceOutput, Status
@@ -52,6 +54,9 @@ class EngineConfig:
     # None: plain batched matmuls, for measuring what the guarantee costs (`bench text`).
     row_tile: int | None = 16
     scheduler: SchedulerConfig = SchedulerConfig()
+    # A structured answer is steered to close within max_tokens (GrammarMatcher.settle); False:
+    # it is cut where the budget ends, for measuring what the steering costs (`bench structured`).
+    close_within_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -93,6 +98,12 @@ class RequestLimits:
             raise ValueError("a thought must be opened by the prompt: it must end with the think delimiter")
         if self.opens_image(prompt_ids, params) and params.max_tokens < self.num_image_tokens + 1:
             raise ValueError(f"max_tokens must be at least {self.num_image_tokens + 1} to draw an image")
+        shortest = params.grammar.min_tokens if params.grammar is not None else None
+        answer_budget = params.max_tokens - (params.reasoning_budget or 0)
+        if shortest is not None and shortest > answer_budget:
+            raise ValueError(
+                f"the shortest answer valid under the grammar takes {shortest} tokens; max_tokens leaves the answer {answer_budget}"
+            )
 
     def opens_image(self, prompt_ids: list[int], params: SamplingParams) -> bool:
         """The prompt itself opens an image (Janus-Pro's own pipeline): the answer starts drawing."""
@@ -112,12 +123,19 @@ class Engine:
         self.context_length = model.cfg.text.max_position_embeddings
         self.num_image_tokens = model.cfg.vq.num_patches**2
         self.code_offset = model.cfg.text.vocab_size  # image codes live above the text vocabulary
+        # A padded vocabulary (102,400 rows for a ~100K tokenizer) has rows with no token: their
+        # logits are cut off before sampling, as vLLM does (and gaps in the tokenizer's ids get
+        # -inf), so no such id is drawn, listed in top_logprobs or handed to the detokenizer, and
+        # the probabilities are the tokens' own.
+        self.num_tokens = min(tokenizer.vocab_size, model.cfg.text.vocab_size)
+        self._gaps = torch.tensor(sorted(i for i in tokenizer.no_token_ids if i < self.num_tokens), dtype=torch.long)
         special = tokenizer.special
         # The thought's delimiters (think_start, think_end), when the tokenizer has both.
         self.think = (special.think_start, special.think_end) if None not in (special.think_start, special.think_end) else None
         self.grammars = GrammarCompiler(tokenizer, model.cfg.text.vocab_size)
         self.system_fingerprint = "fp_" + hashlib.sha256(
-            f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}".encode()
+            f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}|"
+            f"{numerics_description()}".encode()
         ).hexdigest()[:12]
         self.limits = RequestLimits(
             self.context_length, self.kv_cache.budget_tokens, tokenizer.vocab_size, self.think,
@@ -181,7 +199,12 @@ class Engine:
         image = [s for s in mains if s.in_image]
         if text:
             logits = self.runner.text_logits(hidden[[row_of[id(s)] for s in text]])
-            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text))
+            if logits.shape[1] > self.num_tokens:
+                logits = logits[:, : self.num_tokens]
+            if len(self._gaps):  # ids inside the tokenizer's range that have no token
+                logits = logits.index_fill(1, self._gaps, float("-inf"))
+            settle = self._settle_rows(text) if self.config.close_within_budget else None
+            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text), settle)
             outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
         if image:
             codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
@@ -197,6 +220,18 @@ class Engine:
         for j, i in enumerate(rows):
             self._constrain(seqs[i], masks[j])
         return RowMasks(rows, masks)
+
+    def _settle_rows(self, seqs: list[Sequence]):
+        """The sampler's `settle` for this step: each structured answer keeps room for its closing."""
+
+        def settle(tokens: list[int]) -> list[int]:
+            for i, seq in enumerate(seqs):
+                if seq.matcher is not None and not seq.thinking and tokens[i] not in seq.params.stop_token_ids:
+                    tokens_left = seq.params.max_tokens - len(seq.output_ids) - 1
+                    tokens[i] = seq.matcher.settle(tokens[i], tokens_left, seq.params.stop_token_ids[0])
+            return tokens
+
+        return settle
 
     def _constrain(self, seq: Sequence, row) -> None:
         if seq.thinking:
@@ -285,7 +320,7 @@ class Engine:
             return self._advance_thought(seq, token)
         if token in seq.params.stop_token_ids:
             seq.append(token)
-            return self._finish(seq, "stop", seq.detokenizer.finish(), [])
+            return self._finish(seq, self._stop_reason(seq), seq.detokenizer.finish(), [])
         if token == self.tokenizer.special.boi and seq.params.image_output:
             # An image is all or nothing: without room for every code and the end marker, stop here.
             if len(seq.output_ids) + 1 + self.num_image_tokens + 1 > seq.params.max_tokens:
@@ -300,10 +335,15 @@ class Engine:
         text = seq.detokenizer.push(token)
         lps = [logprob] if logprob is not None else []
         if seq.detokenizer.stopped or (seq.matcher is not None and seq.matcher.done):
-            return self._finish(seq, "stop", text + seq.detokenizer.finish(), lps)
+            return self._finish(seq, self._stop_reason(seq), text + seq.detokenizer.finish(), lps)
         if len(seq.output_ids) >= seq.params.max_tokens:
             return self._finish(seq, "length", text + seq.detokenizer.finish(), lps)
         return self._output(seq, [token], text, lps)
+
+    @staticmethod
+    def _stop_reason(seq: Sequence) -> str:
+        """A structured answer that the budget steered to its end ended by "length", though complete."""
+        return "length" if seq.matcher is not None and seq.matcher.steered else "stop"
 
     def _finish(
         self, seq: Sequence, reason: str, text: str, lps: list, error: str | None = None, reasoning: str = ""

@@ -16,6 +16,8 @@ sequence's private generator, so a row's token never depends on its neighbours.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .sequence import Sequence, TokenLogprob
@@ -104,8 +106,15 @@ def token_logprobs(raw_logits: torch.Tensor, tokens: torch.Tensor, seqs: list[Se
 
 
 def sample(
-    raw_logits: torch.Tensor, seqs: list[Sequence], masks: RowMasks | None = None
+    raw_logits: torch.Tensor,
+    seqs: list[Sequence],
+    masks: RowMasks | None = None,
+    settle: Callable[[list[int]], list[int]] | None = None,
 ) -> tuple[list[int], list[TokenLogprob | None]]:
+    """`settle` may replace sampled tokens (each row by its own state: engine.py's budget for
+    structured answers) before their logprobs are read."""
     raw_logits = raw_logits.float()
     tokens = sample_rows(apply_penalties_and_bias(raw_logits, seqs, masks), seqs)
+    if settle is not None:
+        tokens = torch.tensor(settle(tokens.tolist()), dtype=torch.long)
     return tokens.tolist(), token_logprobs(raw_logits, tokens, seqs)

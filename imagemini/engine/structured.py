@@ -40,6 +40,8 @@ import torch
 
 from imagemini.models.tokenizer import Tokenizer
 
+from .closing import MAX_CLOSING_BYTES, Closer
+
 # Whitespace between JSON tokens: none or one space (`{"a":1}`, `{"a": 1}`), or a newline and an
 # indent of up to 24 spaces (pretty-printed): the styles models write, and bounded, so that a model
 # stuck on whitespace cannot spin inside one gap (tabs and carriage returns are not offered).
@@ -85,23 +87,77 @@ class Grammar:
     template: llguidance.LLMatcher
     warnings: tuple[str, ...] = ()
     source: str = ""  # the grammar text: what crosses to the engine process, compiled again there
+    closer: Closer | None = None
+    # Tokens of the shortest complete answer found (closing.py); None: none found.
+    min_tokens: int | None = None
 
     def matcher(self) -> "GrammarMatcher":
-        return GrammarMatcher(self.template.deep_copy())
+        return GrammarMatcher(self.template.deep_copy(), self.closer)
+
+
+_UNKNOWN: list[int] = []  # a closing not computed yet (compared by identity)
 
 
 class GrammarMatcher:
-    """One sequence's position in its grammar."""
+    """One sequence's position in its grammar, and the closing held for that position."""
 
-    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, closer: Closer | None = None) -> None:
         self._m = matcher
+        self._closer = closer
+        self._closing: list[int] | None = _UNKNOWN
+        self._next: tuple[int, list[int] | None] | None = None  # (token settled on, closing after it)
+        self.steered = False  # the budget replaced a sampled token: the answer was closed by the budget
 
     def fill(self, row: torch.Tensor) -> None:
         """Write the allowed-token bitmask into `row` (a contiguous int32 CPU tensor, 32 tokens a word)."""
         self._m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
     def consume(self, token: int) -> bool:
+        settled, self._next = self._next, None
+        self._closing = settled[1] if settled is not None and settled[0] == token else _UNKNOWN
         return self._m.consume_token(token)
+
+    def closing(self) -> list[int] | None:
+        """Tokens that complete the answer from here (closing.py); None if none is known."""
+        if self._closing is _UNKNOWN:
+            self._closing = self._closer.closing(self._m) if self._closer is not None else None
+        return self._closing
+
+    def settle(self, token: int, tokens_left: int, stop_token: int) -> int:
+        """The token to take instead of the sampled `token` so that the answer can still be
+        completed with `tokens_left` tokens after it: `token` itself when its closing fits, else
+        the first token of the closing held for here (the stop token when the answer is complete
+        already). The matcher stays where it is; `consume` takes the token settled on.
+        Far from the end, where any closing the closer can find fits, nothing is checked."""
+        if self._closer is None or tokens_left >= MAX_CLOSING_BYTES:
+            return token
+        held = self.closing()
+        if held and token == held[0]:
+            self._next = (token, held[1:])
+            return token
+        if not self._m.consume_token(token):
+            return token  # refused: `consume` reports the grammar's error
+        after = self._closing_after(held, tokens_left)
+        self._m.rollback(1)
+        if held is None or (after is not None and len(after) <= tokens_left):
+            self._next = (token, after)
+            return token
+        self.steered = True
+        if not held:
+            return stop_token
+        self._next = (held[0], held[1:])
+        return held[0]
+
+    def _closing_after(self, held: list[int] | None, tokens_left: int) -> list[int] | None:
+        """A closing from here, just after the sampled token: the one held before it when it still
+        closes the answer and fits (inside a string or a number it mostly does), else a new one."""
+        if held and len(held) <= tokens_left and self._m.validate_tokens(held) == len(held):
+            self._m.consume_tokens(held)
+            complete = self._m.is_accepting()
+            self._m.rollback(len(held))
+            if complete:
+                return held
+        return self._closer.closing(self._m)
 
     @property
     def done(self) -> bool:
@@ -122,6 +178,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self.capacity = capacity
         self._ll: llguidance.LLTokenizer | None = None
+        self._closer: Closer | None = None
         self._cache: OrderedDict[str, Grammar] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -134,6 +191,14 @@ class GrammarCompiler:
                     self._tokenizer._tok.to_str(), n_vocab=self.vocab_size, eos_token=self._tokenizer.special.eos
                 )
             return self._ll
+
+    @property
+    def closer(self) -> Closer:
+        tokenizer = self.ll_tokenizer
+        with self._lock:
+            if self._closer is None:
+                self._closer = Closer(tokenizer)
+            return self._closer
 
     def compile(self, grammar: str) -> Grammar:
         key = hashlib.sha256(grammar.encode()).hexdigest()
@@ -149,7 +214,11 @@ class GrammarCompiler:
             raise GrammarError(template.get_error())
         # Build the lexer's first states now, here, rather than in the decode loop.
         GrammarMatcher(template).fill(bitmask(1, self.vocab_size)[0])
-        compiled = Grammar(key, template, tuple(template.get_grammar_warnings()), grammar)
+        closer = self.closer
+        shortest = closer.closing(template.deep_copy())
+        compiled = Grammar(
+            key, template, tuple(template.get_grammar_warnings()), grammar, closer, None if shortest is None else len(shortest)
+        )
         with self._lock:
             self.misses += 1
             self._cache[key] = compiled

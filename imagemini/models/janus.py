@@ -20,7 +20,6 @@ import threading
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .config import JanusConfig
@@ -28,6 +27,7 @@ from .layers import AlignerMLP, DirectCall, Linear, activation
 from .llama import Attend, LlamaModel, padded_causal_attend
 from .vision import VisionModel
 from .vq import VQModel
+from .weights import read_tensors, weight_files
 
 
 _ENCODER32_LOCK = threading.Lock()
@@ -150,34 +150,28 @@ class Janus(nn.Module):
 
 
 def weights_digest(path: str | Path) -> str:
-    """sha256 of the checkpoint's weight file: part of the system fingerprint."""
+    """sha256 of the checkpoint's weight files, in order: part of the system fingerprint."""
     h = hashlib.sha256()
-    with open(Path(path) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for file in weight_files(path):
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
 def load_janus(path: str | Path, dtype: torch.dtype = torch.float32) -> Janus:
-    """Build the network from `config.json` and fill it from `model.safetensors`.
+    """Build the network from `config.json` and fill it from its weight files (weights.py: one
+    file or the shards of an index), each tensor read once into its final storage.
 
-    Every parameter must be present in the file (except a tied `lm_head`), and every tensor
-    in the file must belong to the network: a partial or foreign checkpoint is an error.
+    Every parameter must be present in the files (except a tied `lm_head`), and every tensor
+    in the files must belong to the network: a partial or foreign checkpoint is an error.
     """
     path = Path(path)
     cfg = JanusConfig.from_dir(path)
     with torch.device("meta"):
         model = Janus(cfg)
-    expected = dict(model.named_parameters())
-    state: dict[str, torch.Tensor] = {}
-    with safe_open(path / "model.safetensors", framework="pt") as f:
-        for key in f.keys():
-            if key not in expected:
-                raise ValueError(f"unexpected tensor {key!r} in {path}/model.safetensors")
-            tensor = f.get_tensor(key)
-            if tuple(tensor.shape) != tuple(expected[key].shape):
-                raise ValueError(f"{key}: shape {tuple(tensor.shape)} != expected {tuple(expected[key].shape)}")
-            state[key] = tensor.to(dtype)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    state = dict(read_tensors(weight_files(path), expected, dtype))
     if "lm_head.weight" not in state and "model.language_model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
     missing = sorted(set(expected) - set(state))

@@ -52,7 +52,11 @@ class Tokenizer:
     def __init__(self, tokenizer: HFTokenizer, config: dict[str, Any], chat_template: str) -> None:
         self._tok = tokenizer
         self.config = config
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # One past the largest id: a tokenizer's ids may leave gaps (ids with no token), which
+        # get_vocab_size's count of tokens would not cover.
+        ids = set(tokenizer.get_vocab(with_added_tokens=True).values())
+        self.vocab_size = max(ids) + 1
+        self.no_token_ids = frozenset(range(self.vocab_size)) - ids
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(chat_template)
         self.chat_template = chat_template
 

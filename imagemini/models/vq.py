@@ -129,14 +129,20 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _through_blocks(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _through_blocks(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One resolution level's resnet blocks, each followed by its attention block where the level has them."""
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
 
 
 class Decoder(nn.Module):
@@ -162,10 +168,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in self.up:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _through_blocks(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

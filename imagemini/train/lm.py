@@ -54,11 +54,6 @@ from .lm_losses import AUX_WEIGHT, loss_fn, teacher_code_logprobs
 from .lm_vision import SceneReader, read_scenes
 from .vq_codebook import synonym_map
 
-# Kept importable as lm.<name>, as code outside train/ reads them.
-from .lm_checkpoint import ECHO_BEFORE  # noqa: F401
-from .lm_data import build_sample  # noqa: F401
-from .lm_vision import render_ref  # noqa: F401
-
 
 def make_optimizer(model: Janus, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable weights (the VQ stays frozen): decay on matrices only."""

@@ -61,7 +61,6 @@ from imagemini.models.vq import VQModel
 
 from .vq_codebook import latents, load_vq, quantize, restart_dead_codes, save_vq, spherical_kmeans, synonym_map
 from .vq_images import PALETTE_PIXELS, evaluate_readback, heldout_set, sample_batch
-from .vq_images import to_pixels  # noqa: F401  (kept importable from here)
 
 #: The bundled model's VQ (keys as in transformers' `vq_config`): 64 px -> 16x16 = 256 codes.
 #: The aligner fields (projection_dim, image_token_embed_dim, num_hidden_layers, hidden_act)

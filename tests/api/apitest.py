@@ -6,7 +6,8 @@
 (conftest.py wraps these as the `start_server` and `openapi` fixtures.)
 
 Each test module starts ONE server (module-scoped fixture) on a free port with the tiny random
-checkpoint in float32: `python -m imagemini.cli serve --model DIR --port PORT --dtype float32`.
+checkpoint in float32: `python -m imagemini.cli serve --model DIR --port PORT --dtype float32`
+(a later `--dtype bfloat16` in the arguments wins: conftest's `dtype` fixture runs a module in both).
 
 `openapi.validate("CreateChatCompletionResponse", body)` checks a response against
 tests/api/data/openai-openapi.json (OpenAI's official description, MIT), whose
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,7 +174,7 @@ class Server:
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
-    def wait_idle(self, timeout: float = 10.0) -> dict:
+    def wait_idle(self, timeout: float = 60.0) -> dict:
         """Poll /health until nothing is in flight and the KV cache is empty; return the last reading."""
         deadline = time.monotonic() + timeout
         while True:
@@ -196,7 +198,11 @@ def run_server(model_dir: Path, *args: str, env: dict[str, str] | None = None, l
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(model_dir), "--port", str(port), "--dtype", "float32", *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        # No store unless a test gives one: a developer's default store (~/.local/share/imagemini) stays out.
+        isolated = {"IMAGEMINI_DATA_DIR": str(log_dir / "no-store"), "IMAGEMINI_DATABASE_URL": ""}
+        process = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **isolated, **(env or {})}
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
         _wait_healthy(server)
@@ -221,6 +227,17 @@ def _wait_healthy(server: Server, timeout: float = 90.0) -> None:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log()[-3000:]}")
+
+
+def carded_copy(checkpoint: Path, out: Path, card: dict, generation: dict | None = None) -> Path:
+    """A copy of `checkpoint` at `out` with this model_card.json (and generation_config.json
+    entries updated with `generation`)."""
+    shutil.copytree(checkpoint, out)
+    (out / "model_card.json").write_text(json.dumps(card))
+    if generation:
+        config = json.loads((out / "generation_config.json").read_text())
+        (out / "generation_config.json").write_text(json.dumps(config | generation))
+    return out
 
 
 # --- raw HTTP helpers -------------------------------------------------------------------------------

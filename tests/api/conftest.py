@@ -1,6 +1,6 @@
-"""Fixtures of the API tests: `start_server` (a real server subprocess), `openapi` (OpenAI's
-schemas), and the clients `http` (httpx) and `sdk` (the openai SDK) whose every response is
-validated against those schemas as it arrives (apitest.ValidatingTransport).
+"""Fixtures of the API tests (`start_server` and `long_checkpoint` are in tests/conftest.py):
+`openapi` (OpenAI's schemas), and the clients `http` (httpx) and `sdk` (the openai SDK) whose
+every response is validated against those schemas as it arrives (apitest.ValidatingTransport).
 
 Each test module starts ONE server through a module-scoped fixture, e.g.
 
@@ -13,13 +13,11 @@ Each test module starts ONE server through a module-scoped fixture, e.g.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from apitest import SPEC, AsyncValidatingTransport, OpenAPISchemas, ValidatingTransport, run_server
+from apitest import SPEC, AsyncValidatingTransport, OpenAPISchemas, ValidatingTransport
 
 
 @pytest.fixture(scope="session")
@@ -54,27 +52,12 @@ def async_sdk(openapi):
     return make
 
 
-@pytest.fixture(scope="session")
-def start_server(tmp_path_factory):
-    """A factory: `with start_server(model_dir, *cli_args, env={...}) as server: ...`."""
-    log_dir = tmp_path_factory.mktemp("server-logs")
-
-    def start(model_dir: Path, *args: str, env: dict[str, str] | None = None):
-        return run_server(model_dir, *args, env=env, log_dir=log_dir)
-
-    return start
-
-
-@pytest.fixture(scope="session")
-def long_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint with a 32K context: a 20,000-token completion takes long enough
-    (tens of seconds) that a test can act on it while it runs. RoPE works at any length."""
-    path = tmp_path_factory.mktemp("long") / "tiny-long"
-    shutil.copytree(tiny_checkpoint, path)
-    config = json.loads((path / "config.json").read_text())
-    config["text_config"]["max_position_embeddings"] = 32768
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    return path
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def dtype(request) -> str:
+    """The engine's dtype, for a module whose server runs in both: float32 (exact comparisons with
+    references elsewhere) and bfloat16 (what `imagemini serve` runs by default). Start it with
+    `start_server(checkpoint, "--dtype", dtype)`; the module then runs once per dtype."""
+    return request.param
 
 
 @pytest.fixture(scope="module")

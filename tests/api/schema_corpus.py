@@ -11,8 +11,8 @@ and `format`, string length bounds, integer / number bounds (exclusive ones and 
 
 Strings are bounded (maxLength, bounded patterns and formats) because the test checkpoint is
 random: inside an unbounded string, a noise model picks the closing quote among hundreds of
-tokens and the answer runs into its token budget ("length"). One object in ten leaves out
-`additionalProperties: false`: those may wander (free keys and values) and are counted apart.
+tokens and the answer runs into its token budget (where the engine closes it). One object in ten
+leaves out `additionalProperties: false`: those may wander (free keys and values).
 """
 
 from __future__ import annotations
@@ -297,18 +297,6 @@ UNENFORCEABLE: dict[str, tuple[dict, str]] = {
     "overlapping oneOf": ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
     "nested uniqueItems": ({"type": "object", "properties": {"t": {"type": "array", "uniqueItems": True}}}, "uniqueItems"),
 }
-
-
-def has_free_keys(schema) -> bool:
-    """Some object of the schema takes keys it does not list (no `additionalProperties: false`):
-    a noise model then writes keys of its own, and may run out of tokens doing so."""
-    if isinstance(schema, list):
-        return any(has_free_keys(s) for s in schema)
-    if not isinstance(schema, dict):
-        return False
-    if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
-        return True
-    return any(has_free_keys(v) for v in schema.values())
 
 
 def corpus(n: int = 200, seed: int = 8) -> list[tuple[str, dict]]:

@@ -5,6 +5,7 @@ One server for the module: a copy of the tiny random checkpoint with a `model_ca
 validated against OpenAI's published schemas by the clients' transport (conftest `http`, `sdk`).
 The checkpoint is random: texts are noise, so the tests compare outputs with each other and
 with the tokenizer, never with expected words.
+The module runs twice: in float32 and in bfloat16, the default dtype (conftest `dtype`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(start_server, checkpoint):
-    with start_server(checkpoint, env={"IMAGEMINI_DEFAULT_MAX_TOKENS": str(DEFAULT_MAX)}) as s:
+def server(start_server, checkpoint, dtype):
+    with start_server(checkpoint, "--dtype", dtype, env={"IMAGEMINI_DEFAULT_MAX_TOKENS": str(DEFAULT_MAX)}) as s:
         yield s
 
 

@@ -21,14 +21,17 @@ from imagemini.api.routes import parse_chat_request
 from imagemini.api.settings import ServerSettings
 from imagemini.models.janus import load_janus
 from imagemini.models.processor import EchoConfig, Processor
-from imagemini.train import lm
-from imagemini.train.vq import to_pixels
-from imagemini.world.tasks import Example, ImageRef, generate
+from imagemini.train.lm_checkpoint import ECHO_BEFORE
+from imagemini.train.lm_data import build_sample
+from imagemini.train.lm_vision import render_ref
+from imagemini.train.vq_images import to_pixels
+from imagemini.world.chat import Example, ImageRef
+from imagemini.world.tasks import generate
 
 
 def _data_url(ref: ImageRef) -> str:
     buffer = io.BytesIO()
-    lm.render_ref(ref).save(buffer, format="PNG")
+    render_ref(ref).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -53,12 +56,12 @@ def _served_ids(example: Example, proc: Processor, vision: VisionEncoder) -> lis
 
 def _trained_ids(example: Example, proc: Processor, model) -> list[int]:
     """The training prompt, its echo slots filled as `on_device` fills them."""
-    sample = lm.build_sample(example, proc)
+    sample = build_sample(example, proc)
     ids = sample.ids[: sample.loss_from]
     if sample.echo_image is None:
         assert -1 not in ids
         return ids
-    codes = model.encode_image_codes(to_pixels(np.array(lm.render_ref(sample.echo_image))[None]))[0]
+    codes = model.encode_image_codes(to_pixels(np.array(render_ref(sample.echo_image))[None]))[0]
     mapped = torch.tensor(proc.echo.code_map)[codes] + model.cfg.text.vocab_size
     first = ids.index(-1)
     assert ids[first : first + len(mapped)] == [-1] * len(mapped)
@@ -91,7 +94,7 @@ def test_the_echo_sits_a_fixed_distance_before_the_drawn_image(echo_checkpoint):
     proc = Processor.from_dir(echo_checkpoint)
     distances = set()
     for example in generate(random.Random(2), 40, tasks={"edit_recolor": 1, "edit_move": 1, "edit_add": 1}):
-        ids = lm.build_sample(example, proc).ids
+        ids = build_sample(example, proc).ids
         echo = ids.index(-1)
         drawn = ids.index(-1, echo + 256)
         assert ids[echo : echo + 256] == [-1] * 256 and ids[drawn : drawn + 256] == [-1] * 256
@@ -102,7 +105,7 @@ def test_the_echo_sits_a_fixed_distance_before_the_drawn_image(echo_checkpoint):
 def test_echo_placement_and_checks(echo_checkpoint, plain_checkpoint):
     proc = Processor.from_dir(echo_checkpoint)
     tok, s = proc.tokenizer, proc.tokenizer.special
-    assistant = tok.token_id(lm.ECHO_BEFORE)
+    assistant = tok.token_id(ECHO_BEFORE)
     ids = [s.bos, 10, assistant, 11, 12, assistant, 13]
     assert proc.with_echo(ids, [900, 901]) == [s.bos, 10, assistant, 11, 12, s.boi, 900, 901, s.eoi, assistant, 13]
     with pytest.raises(ValueError, match="nowhere"):
@@ -113,7 +116,7 @@ def test_echo_placement_and_checks(echo_checkpoint, plain_checkpoint):
     EchoConfig("<no such token>", proc.echo.code_map).save(bad)
     with pytest.raises(ValueError, match="not a token"):
         Processor.from_dir(bad)
-    EchoConfig(lm.ECHO_BEFORE, proc.echo.code_map[:10]).save(bad)
+    EchoConfig(ECHO_BEFORE, proc.echo.code_map[:10]).save(bad)
     with pytest.raises(ValueError, match="codes mapped"):
         Processor.from_dir(bad)
 

@@ -5,6 +5,7 @@ with a model card that prices image codes apart. Its images are noise, but every
 guided sampling, the VQ decoder, PNG encoding, streaming. To make the model open an image in
 `["image", "text"]` mode the tests bias begin-of-image (+100); `["image"]` alone starts drawing
 at once. Every response and chunk is validated against OpenAI's schemas by the transport.
+The module runs twice: in float32 and in bfloat16, the default dtype (conftest `dtype`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 import openai
 import pytest
-from apitest import REPO, check_stream_framing, post_stream
+from apitest import REPO, carded_copy, check_stream_framing, post_stream
 from mediatest import image_part, pattern_png
 from PIL import Image
 
@@ -32,15 +33,13 @@ PRICES = {"prompt": 1.0, "completion": 2.0, "image_output": 30.0}  # USD per mil
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint, tmp_path_factory):
-    path = tmp_path_factory.mktemp("painter") / "tiny-painter"
-    shutil.copytree(tiny_checkpoint, path)
-    (path / "model_card.json").write_text(json.dumps({"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}))
-    return path
+    card = {"id": MODEL_ID, "pricing_usd_per_million_tokens": PRICES}
+    return carded_copy(tiny_checkpoint, tmp_path_factory.mktemp("painter") / "tiny-painter", card)
 
 
 @pytest.fixture(scope="module")
-def server(start_server, checkpoint):
-    with start_server(checkpoint) as s:
+def server(start_server, checkpoint, dtype):
+    with start_server(checkpoint, "--dtype", dtype) as s:
         yield s
 
 

@@ -2,8 +2,9 @@
 
 One server for the module: `--max-pending 1 --api-key sk-test`, on the tiny checkpoint with a
 32K context (`long_checkpoint`). A disconnect must abort the request in the engine: /health's
-pending/running counts and KV `used_tokens` go back to 0 within seconds, when the abandoned
-completion (20,000 tokens) would have run for tens of seconds more.
+pending/running counts and KV `used_tokens` go back to 0 in well under the time the abandoned
+completion (20,000 tokens) would take to finish, as measured on the same server (`full_run_s`),
+so the bound scales with the machine's load.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def long_request(long_checkpoint) -> dict:
         "max_tokens": LONG,
         "logit_bias": {str(eos): -100},
     }
+
+
+@pytest.fixture(scope="module")
+def full_run_s(server, http, long_request) -> float:
+    """Seconds the whole long completion would take here: a 500-token run, scaled (its prompt
+    and HTTP overheads make this an overestimate of the speed, i.e. a longer time)."""
+    started = time.monotonic()
+    out = http.post(url(server), json={**long_request, "max_tokens": 500}, headers=AUTH)
+    assert out.json()["usage"]["completion_tokens"] == 500
+    return (time.monotonic() - started) * LONG / 500
 
 
 def url(server) -> str:
@@ -80,7 +91,7 @@ def test_n_beyond_the_queue_is_refused_whole(server, http, long_request):
     assert server.wait_idle()["pending"] == 0
 
 
-def test_stream_disconnect_aborts_and_frees_the_kv_cache(server, http, long_request):
+def test_stream_disconnect_aborts_and_frees_the_kv_cache(server, http, long_request, full_run_s):
     with http.stream("POST", url(server), json={**long_request, "stream": True}, headers=AUTH) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # kept referenced: a collected iterator would close the response
@@ -89,15 +100,15 @@ def test_stream_disconnect_aborts_and_frees_the_kv_cache(server, http, long_requ
         busy = server.health()
         assert busy["pending"] == 1 and busy["kv_cache"]["used_tokens"] > LONG
     closed = time.monotonic()  # leaving the block closed the connection mid-stream
-    idle = server.wait_idle(timeout=10)
+    idle = server.wait_idle(timeout=full_run_s / 4)
     assert idle["kv_cache"]["used_tokens"] == 0 and idle["pending"] == idle["running"] == 0
-    assert time.monotonic() - closed < 3.0, "freed by the abort, not by finishing"
+    assert time.monotonic() - closed < full_run_s / 4, "freed by the abort, not by finishing"
 
 
-def test_non_stream_disconnect_aborts_too(server, http, long_request):
+def test_non_stream_disconnect_aborts_too(server, http, long_request, full_run_s):
     started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
         http.post(url(server), json=long_request, headers=AUTH, timeout=httpx.Timeout(30, read=0.5))
-    idle = server.wait_idle(timeout=10)
+    idle = server.wait_idle(timeout=full_run_s / 4)
     assert idle["kv_cache"]["used_tokens"] == 0 and idle["pending"] == 0
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < full_run_s / 4, "freed by the abort, not by finishing"

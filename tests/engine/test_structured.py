@@ -86,12 +86,16 @@ def test_noise_inside_a_grammar_is_valid_json(engine):
         assert engine.tokenizer.special.eos not in r["token_ids"]
 
 
-def test_greedy_and_a_cut_answer(engine):
+def test_greedy_and_a_tight_answer(engine):
     grammar = engine.grammars.compile(json_grammar(SCHEMAS[0]))
     greedy = engine.generate([prompt(engine)], SamplingParams(max_tokens=300, temperature=0, grammar=grammar))[0]
     jsonschema.validate(json.loads(greedy["text"]), SCHEMAS[0])
-    cut = engine.generate([prompt(engine)], SamplingParams(max_tokens=3, temperature=0, grammar=grammar))[0]
-    assert cut["finish_reason"] == "length" and greedy["text"].startswith(cut["text"])
+    # The budget that just holds the shortest answer: the answer is steered onto it, and is valid.
+    tight = engine.generate([prompt(engine)], SamplingParams(max_tokens=grammar.min_tokens, temperature=0, grammar=grammar))[0]
+    assert tight["finish_reason"] == "length" and len(tight["token_ids"]) <= grammar.min_tokens
+    jsonschema.validate(json.loads(tight["text"]), SCHEMAS[0])
+    with pytest.raises(ValueError, match=f"shortest answer valid under the grammar takes {grammar.min_tokens} tokens"):
+        engine.add_request(prompt(engine), SamplingParams(max_tokens=grammar.min_tokens - 1, grammar=grammar))
 
 
 def test_thought_budget_is_exact_and_closed_by_the_engine(engine):
@@ -154,3 +158,101 @@ def test_constrained_rows_keep_the_seed_guarantee(engine):
     for (p, sp), both in zip(jobs, together):
         alone = engine.generate([p], sp)[0]
         assert alone["token_ids"] == both["token_ids"] and alone["reasoning"] == both["reasoning"]
+
+
+# --- closing within the budget --------------------------------------------------------------------
+SMALL_BUDGETS = (16, 32, 64)
+
+
+def corpus_grammars(engine: Engine) -> list[tuple[str, dict, structured.Grammar]]:
+    """The 200-schema corpus (tests/api/schema_corpus.py) and json_object, compiled; the schemas
+    strict mode refuses are left out (the API answers them 400 before any budget is looked at)."""
+    from schema_corpus import corpus
+
+    out = []
+    for name, schema in [*corpus(200, seed=8), ("json_object", {"type": "object"})]:
+        try:
+            check_json_schema(schema, strict=True)
+        except GrammarError:
+            continue
+        out.append((name, schema, engine.grammars.compile(json_grammar(schema))))
+    return out
+
+
+def test_the_shortest_answers_are_valid(engine):
+    from schema_corpus import validator
+
+    ll = engine.grammars.ll_tokenizer
+    for name, schema, grammar in corpus_grammars(engine):
+        closing = grammar.matcher().closing()
+        assert closing is not None and len(closing) == grammar.min_tokens, name
+        assert not list(validator(schema).iter_errors(json.loads(ll.decode_str(closing)))), name
+
+
+@pytest.mark.parametrize("budget", SMALL_BUDGETS)
+def test_corpus_answers_parse_within_small_budgets(engine, budget):
+    """Temperature 1, three seeds: every answer whose schema's shortest answer fits the budget
+    (the API refuses the others up front) parses and validates, however it ended."""
+    from schema_corpus import validator
+
+    jobs = [(name, schema, SamplingParams(max_tokens=budget, temperature=1.0, seed=seed, grammar=grammar))
+            for name, schema, grammar in corpus_grammars(engine) if grammar.min_tokens <= budget for seed in range(3)]
+    short_prompt = [engine.tokenizer.special.bos]  # the random model writes noise whatever it is asked
+    results = engine.generate([short_prompt] * len(jobs), [params for _, _, params in jobs])
+    invalid, steered = [], 0
+    for (name, schema, params), r in zip(jobs, results):
+        try:
+            errors = [e.message for e in validator(schema).iter_errors(json.loads(r["text"]))]
+        except json.JSONDecodeError as exc:
+            errors = [f"not JSON: {exc}"]
+        if errors:
+            invalid.append((name, params.seed, r["finish_reason"], r["text"][:120], errors[:1]))
+        assert len(r["token_ids"]) <= budget
+        steered += r["finish_reason"] == "length"
+    assert not invalid, invalid
+    assert len(jobs) >= 3 * 20 and steered >= len(jobs) // 10  # the budget was what ended many of them
+
+
+def test_a_steered_answer_is_complete_and_ends_with_length(engine):
+    schema = {"type": "object", "properties": {"words": {"type": "array", "items": {"type": "string"}}}, "required": ["words"]}
+    grammar = engine.grammars.compile(json_grammar(schema))
+    for budget in range(grammar.min_tokens, grammar.min_tokens + 6):
+        out = engine.generate([prompt(engine)], SamplingParams(max_tokens=budget, seed=budget, grammar=grammar))[0]
+        assert out["finish_reason"] == "length" and len(out["token_ids"]) <= budget
+        assert isinstance(json.loads(out["text"])["words"], list)
+
+
+def test_steered_rows_keep_the_seed_guarantee(engine):
+    grammars = [g for _, _, g in corpus_grammars(engine) if g.min_tokens <= 24][:6]
+    jobs = [(prompt(engine, text=f"JSON {i}"), SamplingParams(max_tokens=g.min_tokens + 5, seed=i, grammar=g))
+            for i, g in enumerate(grammars)]
+    jobs.append((prompt(engine), SamplingParams(max_tokens=30, seed=99)))
+    together = engine.generate([p for p, _ in jobs], [sp for _, sp in jobs])
+    for (p, sp), both in zip(jobs, together):
+        assert engine.generate([p], sp)[0]["token_ids"] == both["token_ids"]
+
+
+def test_the_answer_after_a_thought_gets_the_room_the_thought_leaves(engine):
+    grammar = engine.grammars.compile(json_grammar(SCHEMAS[0]))
+    never_closed = {engine.think[1]: -100.0}  # the thought runs to its budget
+    for seed in range(3):
+        params = SamplingParams(max_tokens=10 + grammar.min_tokens, seed=seed, reasoning_budget=10, logit_bias=never_closed,
+                                grammar=grammar)
+        out = engine.generate([prompt(engine, thinking=True)], params)[0]
+        assert out["num_reasoning_tokens"] == 10 and out["finish_reason"] in ("stop", "length")
+        jsonschema.validate(json.loads(out["text"]), SCHEMAS[0])
+    with pytest.raises(ValueError, match="max_tokens leaves the answer"):
+        engine.add_request(prompt(engine, thinking=True),
+                           SamplingParams(max_tokens=9 + grammar.min_tokens, reasoning_budget=10, grammar=grammar))
+
+
+def test_a_budget_longer_than_the_longest_closing_still_closes(engine, monkeypatch):
+    from imagemini.engine import closing
+
+    # A lower bound on the closings looked for (the same in both modules), to keep the run short.
+    monkeypatch.setattr(closing, "MAX_CLOSING_BYTES", 48)
+    monkeypatch.setattr(structured, "MAX_CLOSING_BYTES", 48)
+    grammar = engine.grammars.compile(json_grammar({"type": "object"}))  # free keys: noise rarely closes it
+    params = [SamplingParams(max_tokens=90, seed=seed, grammar=grammar) for seed in range(3)]
+    for out in engine.generate([prompt(engine)] * len(params), params):
+        assert isinstance(json.loads(out["text"]), dict) and out["finish_reason"] in ("stop", "length")
