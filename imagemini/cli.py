@@ -225,8 +225,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--n", type=int, default=50, help="examples per task")
     p.add_argument("--out", type=Path, default=Path("docs/eval"))
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--split", choices=("heldout", "train"), default="heldout",
-                   help="held-out chats (the report), or training-split ones (what the model has learnt)")
+    p.add_argument("--split", choices=("heldout", "train", "wording"), default="heldout",
+                   help="held-out chats (the report), training-split ones (what the model has learnt), or held-out wordings (free-worded requests)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -11,8 +11,9 @@ Public API::
     parse_image(image) -> Scene   (raises SceneParseError)
     read_image(image) -> ImageReading (never raises on content; has .errors)
 
-See scene.py for the description grammar, render.py for rasterisation, and
-parse.py for the image parser.
+See scene.py for the description grammar, render.py for rasterisation,
+parse.py for the image parser, tasks.py for the chats that train the bundled
+model and language.py for the grammar of people's requests they are worded in.
 """
 
 from .parse import Detection, ImageReading, SceneParseError, parse_image, read_image, snap_to_palette

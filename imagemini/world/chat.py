@@ -47,7 +47,13 @@ class Example:
     thinking: bool  # last assistant turn: parts[0] is the thought, parts[1] the answer
     answer: Any  # expected text, target Scene (draw/edit_*) or JSON dict (describe_json)
     split: str  # "train" | "heldout"
-    heldout_phrasing: bool = False  # the user's wording comes from HELDOUT_PHRASINGS
+    heldout_phrasing: bool = False  # the user's wording is held out (phrasings.py, language.py)
+    said: Any = None  # worded by the grammar: its language.Said (frame, held-out synonyms); None: a template
+    request: Any = None  # a drawing worded by the grammar: the language.DrawRequest it states
+
+    @property
+    def grammar(self) -> bool:
+        return self.said is not None
 
 
 #: Rendered in place of an image by render_text (the tokenizer needs no image tokens).

@@ -100,6 +100,11 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "Produce an image of {d}.", "Please make an image of {d}.", "Can you make a picture of {d}?"),
         ("I would like an image of {d}.", "Could you paint {d}?"),
     ),
+    "background": (
+        ("What colour is the background?", "What color is the background?", "Which colour is the background?",
+         "Name the background colour."),
+        ("What is the colour of the background?",),
+    ),
     "describe_json": (
         ("Describe the image as JSON.", "Give me the scene as JSON.", "Return the objects in the picture as JSON.",
          "Describe this picture in JSON format.", "Output a JSON description of the image.",
@@ -147,7 +152,7 @@ PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "Tell me about yourself.", "How can you help me?", "What kind of pictures can you make?",
          "What do you do?", "What can I ask you?", "What are you for?", "Introduce yourself.",
          "What is this assistant able to do?", "Which tasks can you handle?", "What are your abilities?",
-         "Tell me what you can do.", "What are your capabilities?", "What sort of things can you do?",
+         "Tell me what you can do.", "What are your capabilities?", "What sort of tasks can you do?",
          "What do you know how to do?", "Describe your abilities.", "What jobs can you do for me?",
          "What are you capable of?"),
         ("What are your skills?", "Explain what you are good at."),

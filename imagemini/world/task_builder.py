@@ -8,6 +8,11 @@ Held-out evaluation:
   * Held-out phrasings (phrasings.py): a heldout example words its request with one of them with
     probability 1/2 and records it in ``Example.heldout_phrasing``.
 
+Held-out wording (split "wording"): trained shape/colour pairs, every request worded by the grammar
+(language.py) with a held-out frame and, half the time per concept, held-out synonyms. In the train
+split a chat is worded by the grammar's training frames with probability GRAMMAR_RATE, else by the
+templates; the heldout split keeps the templates.
+
 A task function (tasks.py) takes a :class:`Builder` (one rng, one split, the per-example phrasing
 flag), draws its scene, objects and wording through it, and returns a :class:`Core`; when the drawn
 scene does not suit the task it raises :class:`Retry` and is called again.
@@ -21,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat import ImageRef
-from .phrasings import PHRASINGS
+from .language import Wording, kind_text, reference_keys, reference_text
+from .phrasings import PHRASINGS, kind_noun, references
 from .scene import MAX_JITTER, Scene, SceneObject, layout_is_clean, sample_offsets, sample_scene
 
-SPLITS: tuple[str, ...] = ("train", "heldout")
+SPLITS: tuple[str, ...] = ("train", "heldout", "wording")
 
 #: (shape, colour) pairs kept out of train; each colour once, each shape once or twice.
 HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
@@ -38,6 +44,7 @@ HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
 
 HELDOUT_PHRASING_RATE = 0.5
 HELDOUT_TARGET_RATE = 0.75
+GRAMMAR_RATE = 0.5  # train chats worded by the grammar rather than the templates
 
 
 def is_heldout_combo(shape: str, color: str) -> bool:
@@ -56,10 +63,19 @@ class Builder:
     """What a task draws through: scenes, objects, options and wordings, all from one rng and
     within one split (a train draw never shows a held-out pair)."""
 
-    def __init__(self, rng: random.Random, split: str) -> None:
+    def __init__(self, rng: random.Random, split: str, grammar_rate: float = GRAMMAR_RATE) -> None:
         self.rng = rng
         self.split = split
+        self.grammar_rate = grammar_rate  # train split: the share of chats the grammar words
         self.heldout_phrasing = False
+        self.words: Wording | None = None  # the grammar's words for this chat; None: the templates
+
+    def start_chat(self) -> None:
+        """Decides how the next chat is worded."""
+        self.heldout_phrasing = self.split == "wording"
+        grammar = self.split == "wording" or (
+            self.split == "train" and self.grammar_rate > 0 and self.rng.random() < self.grammar_rate)
+        self.words = Wording(self.rng, heldout=self.split == "wording") if grammar else None
 
     def allowed(self, shape: str, color: str) -> bool:
         return self.split == "heldout" or not is_heldout_combo(shape, color)
@@ -72,9 +88,32 @@ class Builder:
             return self.rng.choice(held)
         return self.rng.choice(train)
 
+    def say(self, group: str, heldout_rate: float = HELDOUT_PHRASING_RATE, **slots: str) -> str:
+        """The request of ``group`` with ``slots`` filled in: by the grammar or a template."""
+        if self.words is not None:
+            return self.words.say(group, **slots)
+        return self.template(group, heldout_rate).format(**slots)
+
+    def ref(self, scene: Scene, obj: SceneObject, avoid: tuple[str, ...] = ()) -> str:
+        """A description that picks out ``obj`` alone, naming none of ``avoid``."""
+        if self.words is None:
+            return self.choice(references(scene, obj, avoid))
+        return reference_text(obj, self.choice(reference_keys(scene, obj, avoid)), self.words)
+
+    def kind(self, shape: str | None, color: str | None) -> str:
+        """A plural kind of object: 'red circles', 'objects'."""
+        if self.words is None:
+            return kind_noun(shape, color)
+        return kind_text(shape, color, self.words)
+
+    def place(self, position: str) -> str:
+        """A place for the {pos} slot: the bare name (templates say "at the {pos}"), or as the
+        grammar words it ("in the upper left corner")."""
+        return position if self.words is None else self.words.place(position)
+
     def scene(self, min_n: int = 1, max_n: int = 4) -> Scene:
         n = self.rng.randint(min_n, max_n)
-        if self.split == "train":
+        if self.split != "heldout":
             while True:  # conditioning on n keeps the object count uniform
                 scene = sample_scene(self.rng, n)
                 if not has_heldout_combo(scene):
@@ -128,6 +167,7 @@ class Core:
     thinking: bool = False
     question: bool = False  # an image question: its text may come before the image
     followup: bool = True  # a question may instead follow a describe turn about the same image
+    request: Any = None  # a drawing worded by the grammar: the DrawRequest it states
 
 
 def split_scene(rng: random.Random, split: str = "train") -> Scene:

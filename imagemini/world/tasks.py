@@ -17,7 +17,7 @@ Tasks and default weights (:func:`task_mixture`; weights need not sum to 1)::
 
     describe 0.12   count 0.06   color_of 0.05   where_is 0.05   is_there 0.05   bigger 0.04
     draw 0.20       edit_recolor / edit_remove / edit_add / edit_move 0.05 each
-    describe_json 0.05   reason_count 0.06   reason_compare 0.05
+    describe_json 0.05   reason_count 0.06   reason_compare 0.05   background 0.03
     smalltalk_greet 0.02   smalltalk_capabilities 0.02   smalltalk_decline 0.03
 
 Image generation gets the most weight (draw + edits = 0.40): it is the hardest output.
@@ -28,6 +28,8 @@ Canonical answers (exact-match scoring):
     count           a digit and a period: "2." (also "0." for an absent kind)
     color_of        "Red."                    where_is   "At the top left."
     is_there        "Yes." / "No."            bigger     "The circle." (the question's own words)
+    background      "Gray."
+    absent object   "There is no red circle." (grammar-worded colour/place questions, ABSENT_RATE)
     reason_count    as count; reason_compare as bigger, or "Yes."/"No." for "Are there more A than B?"
     draw / edit_*   the assistant turn is one image; ``answer`` is the target Scene
     smalltalk_*     one fixed sentence each (GREETING, CAPABILITIES, DECLINE)
@@ -40,6 +42,11 @@ answered directly (as count and bigger always are).
 
 Questions are answerable (phrasings.references: a unique description that never names the asked
 attribute); "which is bigger" only compares a small with a large object.
+
+Wording: in the train split half the chats are worded by the grammar (language.py: frames,
+synonyms, partial drawing requests whose open attributes the rng picks, ``Example.request``), half
+by the templates (phrasings.py); the heldout split uses the templates, the wording split the
+grammar's held-out frames and synonyms (task_builder.py).
 
 Variety beyond templates: 1 in 10 chats opens with a system prompt; 1 in 10 question chats first
 asks for a description and then asks the question about the same image in a second user turn;
@@ -55,20 +62,22 @@ import random
 from typing import Callable
 
 from .chat import Example, ImageRef, Turn
-from .phrasings import CAPABILITIES, DECLINE, GREETING, PHRASINGS, SYSTEM_PROMPTS, kind_noun, object_mention, references
+from .language import ObjectSpec, complete, object_text, request_text, sample_request
+from .phrasings import CAPABILITIES, DECLINE, GREETING, PHRASINGS, SYSTEM_PROMPTS, kind_noun, object_mention
 from .scene import COLORS, POSITIONS, SHAPES, SIZES, Scene, SceneObject, article, join_phrases
-from .task_builder import SPLITS, Builder, Core, Retry, is_heldout_combo
+from .task_builder import GRAMMAR_RATE, SPLITS, Builder, Core, Retry, is_heldout_combo
 
 TASKS: tuple[str, ...] = (
     "describe", "count", "color_of", "where_is", "is_there", "bigger", "draw",
     "edit_recolor", "edit_remove", "edit_add", "edit_move", "describe_json",
-    "reason_count", "reason_compare", "smalltalk_greet", "smalltalk_capabilities", "smalltalk_decline",
+    "reason_count", "reason_compare", "background", "smalltalk_greet", "smalltalk_capabilities", "smalltalk_decline",
 )
 
 THINKING_RATE = 0.75  # reason_* examples with a thought
 SYSTEM_RATE = 0.1
 CONTEXT_RATE = 0.1  # question chats that first ask for a description
 TEXT_FIRST_RATE = 0.2
+ABSENT_RATE = 0.15  # grammar-worded colour/place questions about an object that is not there
 
 
 # --- Weights -----------------------------------------------------------------------------
@@ -79,7 +88,7 @@ def task_mixture() -> dict[str, float]:
     return {
         "describe": 0.12, "count": 0.06, "color_of": 0.05, "where_is": 0.05, "is_there": 0.05,
         "bigger": 0.04, "draw": 0.20, "edit_recolor": 0.05, "edit_remove": 0.05, "edit_add": 0.05,
-        "edit_move": 0.05, "describe_json": 0.05, "reason_count": 0.06, "reason_compare": 0.05,
+        "edit_move": 0.05, "describe_json": 0.05, "reason_count": 0.06, "reason_compare": 0.05, "background": 0.03,
         "smalltalk_greet": 0.02, "smalltalk_capabilities": 0.02, "smalltalk_decline": 0.03,
     }
 
@@ -94,12 +103,12 @@ def _matches(obj: SceneObject, shape: str | None, color: str | None) -> bool:
 def _describe(b: Builder) -> Core:
     scene = b.scene()
     text = scene.describe()
-    return Core((b.image(scene), b.template("describe")), (text,), text, question=True, followup=False)
+    return Core((b.image(scene), b.say("describe")), (text,), text, question=True, followup=False)
 
 
 def _describe_json(b: Builder) -> Core:
     scene = b.scene()
-    return Core((b.image(scene), b.template("describe_json")), (scene.to_json_str(),), scene.to_json(), question=True)
+    return Core((b.image(scene), b.say("describe_json")), (scene.to_json_str(),), scene.to_json(), question=True)
 
 
 def _count_kind(b: Builder, scene: Scene) -> tuple[str | None, str | None]:
@@ -137,7 +146,7 @@ def _count(b: Builder, thinking: bool = False) -> Core:
     scene = b.scene()
     shape, color = _count_kind(b, scene)
     n = sum(_matches(o, shape, color) for o in scene.objects)
-    question = b.template("count").format(what=kind_noun(shape, color))
+    question = b.say("count", what=b.kind(shape, color))
     answer = f"{n}."
     parts = (_count_thought(scene, shape, color, n), answer) if thinking else (answer,)
     return Core((b.image(scene), question), parts, answer, thinking, question=True)
@@ -151,9 +160,26 @@ def _attribute_question(b: Builder, group: str, attribute: str, answer_of: Calla
     """A question about one object's `attribute`, the object named without it."""
     scene = b.scene()
     obj = b.pick(list(scene.objects))
-    ref = b.choice(references(scene, obj, avoid=(attribute,)))
+    if b.words is not None and b.rng.random() < ABSENT_RATE:
+        return _absent_question(b, group, scene)
+    ref = b.ref(scene, obj, avoid=(attribute,))
     answer = answer_of(obj)
-    return Core((b.image(scene), b.template(group).format(ref=ref)), (answer,), answer, question=True)
+    return Core((b.image(scene), b.say(group, ref=ref)), (answer,), answer, question=True)
+
+
+def _absent_question(b: Builder, group: str, scene: Scene) -> Core:
+    """A question about an object the picture does not have: the answer says so."""
+    colors = [c for c in COLORS if c != scene.background]
+    shape, color = b.choice(_absent_combos(b, scene, colors))
+    ref = f"{b.words.color(color)} {shape}"
+    answer = f"There is no {color} {shape}."
+    return Core((b.image(scene), b.say(group, ref=ref)), (answer,), answer, question=True)
+
+
+def _background(b: Builder) -> Core:
+    scene = b.scene()
+    answer = f"{scene.background.capitalize()}."
+    return Core((b.image(scene), b.say("background")), (answer,), answer, question=True)
 
 
 def _color_of(b: Builder) -> Core:
@@ -191,7 +217,7 @@ def _is_there(b: Builder) -> Core:
         "color": f"{color} object",
         "shape_position": f"{shape} at the {position}",
     }[kind]
-    question = b.template("is_there").format(thing=f"{article(what)} {what}")
+    question = b.say("is_there", thing=f"{article(what)} {what}")
     answer = "Yes." if yes else "No."
     return Core((b.image(scene), question), (answer,), answer, question=True)
 
@@ -200,12 +226,12 @@ def _size_compare(b: Builder, thinking: bool) -> Core:
     scene = b.scene(min_n=2)
     first = b.pick(list(scene.objects))
     second = b.pick([o for o in scene.objects if o.size != first.size])
-    ref1 = b.choice(references(scene, first, avoid=("size",)))
-    ref2 = b.choice(references(scene, second, avoid=("size",)))
+    ref1 = b.ref(scene, first, avoid=("size",))
+    ref2 = b.ref(scene, second, avoid=("size",))
     (ra, a), (rb, bb) = b.rng.sample([(ref1, first), (ref2, second)], 2)
     group = b.rng.choice(("bigger", "smaller"))
     winner = ra if (a.size == "large") == (group == "bigger") else rb
-    question = b.template(group).format(a=ra, b=rb)
+    question = b.say(group, a=ra, b=rb)
     answer = f"The {winner}."
     thought = f"The {ra} is {a.size} and the {rb} is {bb.size}. So the {winner} is {group}."
     parts = (thought, answer) if thinking else (answer,)
@@ -227,7 +253,8 @@ def _count_compare(b: Builder, thinking: bool) -> Core:
     b.rng.shuffle(kinds)
     counts = [sum(_matches(o, *k) for o in scene.objects) for k in kinds]
     nouns = [kind_noun(*k) for k in kinds]
-    question = b.template("more").format(a=nouns[0], b=nouns[1])
+    asked = [b.kind(*k) for k in kinds]
+    question = b.say("more", a=asked[0], b=asked[1])
     yes = counts[0] > counts[1]
     answer = "Yes." if yes else "No."
     lines = ["I see " + join_phrases([o.phrase() for o in scene.objects]) + "."]
@@ -264,8 +291,18 @@ def _draw_text(b: Builder, scene: Scene) -> str:
 
 
 def _draw(b: Builder) -> Core:
+    if b.words is not None:
+        return _draw_partial(b)
     scene = b.scene()
     return Core((_draw_text(b, scene),), (b.image(scene),), scene)
+
+
+def _draw_partial(b: Builder) -> Core:
+    """A request that states what it states (language.py); the rest is picked from the rng."""
+    request = sample_request(b.rng, b.allowed)
+    scene = complete(request, b.rng, b.allowed)
+    text = b.say("draw", d=request_text(request, b.words))
+    return Core((text,), (b.image(scene),), scene, request=request)
 
 
 def _edit(b: Builder, before: ImageRef, after: ImageRef, instruction: str) -> Core:
@@ -275,24 +312,24 @@ def _edit(b: Builder, before: ImageRef, after: ImageRef, instruction: str) -> Co
 def _edit_recolor(b: Builder) -> Core:
     scene = b.scene()
     obj = b.pick(list(scene.objects))
-    ref = b.choice(references(scene, obj))
+    ref = b.ref(scene, obj)
     color = b.choice([c for c in COLORS if c not in (obj.color, scene.background) and b.allowed(obj.shape, c)])
     new = SceneObject(obj.shape, color, obj.size, obj.position)
     edited = Scene(scene.background, tuple(new if o is obj else o for o in scene.objects))
     before = b.image(scene)
-    instruction = b.template("edit_recolor").format(ref=ref, color=color)
+    instruction = b.say("edit_recolor", ref=ref, color=color)
     return _edit(b, before, ImageRef(edited, before.offsets), instruction)
 
 
 def _edit_remove(b: Builder) -> Core:
     scene = b.scene(min_n=2)
     obj = b.pick(list(scene.objects))
-    ref = b.choice(references(scene, obj))
+    ref = b.ref(scene, obj)
     before = b.image(scene)
     keep = [i for i, o in enumerate(scene.objects) if o is not obj]
     edited = Scene(scene.background, tuple(scene.objects[i] for i in keep))
     after = ImageRef(edited, tuple(before.offsets[i] for i in keep))
-    return _edit(b, before, after, b.template("edit_remove").format(ref=ref))
+    return _edit(b, before, after, b.say("edit_remove", ref=ref))
 
 
 def _edit_add(b: Builder) -> Core:
@@ -307,22 +344,25 @@ def _edit_add(b: Builder) -> Core:
     new = SceneObject(shape, color, b.rng.choice(list(SIZES)), position)
     edited = Scene(scene.background, scene.objects + (new,))
     offsets = b.fresh_offset(edited, dict(zip((o.position for o in scene.objects), before.offsets)), position)
-    obj_text = f"{article(new.size)} {new.size} {new.color} {new.shape}"
-    instruction = b.template("edit_add").format(obj=obj_text, pos=position)
+    if b.words is None:
+        obj_text = f"{article(new.size)} {new.size} {new.color} {new.shape}"
+    else:
+        obj_text = object_text(ObjectSpec(new.shape, new.color, new.size), 1, b.words)
+    instruction = b.say("edit_add", obj=obj_text, pos=b.place(position))
     return _edit(b, before, ImageRef(edited, offsets), instruction)
 
 
 def _edit_move(b: Builder) -> Core:
     scene = b.scene(max_n=4)
     obj = b.pick(list(scene.objects))
-    ref = b.choice(references(scene, obj))
+    ref = b.ref(scene, obj)
     position = b.choice([p for p in POSITIONS if all(o.position != p for o in scene.objects)])
     before = b.image(scene)
     moved = SceneObject(obj.shape, obj.color, obj.size, position)
     edited = Scene(scene.background, tuple(moved if o is obj else o for o in scene.objects))
     kept = {o.position: off for o, off in zip(scene.objects, before.offsets) if o is not obj}
     offsets = b.fresh_offset(edited, kept, position)
-    instruction = b.template("edit_move").format(ref=ref, pos=position)
+    instruction = b.say("edit_move", ref=ref, pos=b.place(position))
     return _edit(b, before, ImageRef(edited, offsets), instruction)
 
 
@@ -332,7 +372,7 @@ def _edit_move(b: Builder) -> Core:
 def _smalltalk(group: str, answer: str) -> Callable[[Builder], Core]:
     def task(b: Builder) -> Core:
         # No scene to hold out: a heldout small-talk example always has a held-out wording.
-        return Core((b.template(group, heldout_rate=1.0),), (answer,), answer)
+        return Core((b.say(group, heldout_rate=1.0),), (answer,), answer)
 
     return task
 
@@ -350,6 +390,7 @@ _TASK_FUNCTIONS: dict[str, Callable[[Builder], Core]] = {
     "edit_add": _edit_add,
     "edit_move": _edit_move,
     "describe_json": _describe_json,
+    "background": _background,
     "reason_count": _reason_count,
     "reason_compare": _reason_compare,
     "smalltalk_greet": _smalltalk("smalltalk_greet", GREETING),
@@ -380,18 +421,21 @@ def _turns(b: Builder, core: Core) -> tuple[Turn, ...]:
 
 def _example(b: Builder, task: str) -> Example:
     for _ in range(1000):
-        b.heldout_phrasing = False
+        b.start_chat()
         try:
             core = _TASK_FUNCTIONS[task](b)
         except Retry:
             continue
         turns = _turns(b, core)
-        return Example(task, turns, core.thinking, core.answer, b.split, b.heldout_phrasing)
+        said = b.words.said if b.words is not None else None
+        return Example(task, turns, core.thinking, core.answer, b.split, b.heldout_phrasing, said, core.request)
     raise RuntimeError(f"could not sample a {task!r} example")  # pragma: no cover
 
 
-def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, float] | None = None) -> list[Example]:
-    """``n`` examples drawn from ``rng`` with task weights ``tasks`` (default :func:`task_mixture`)."""
+def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, float] | None = None,
+             grammar_rate: float = GRAMMAR_RATE) -> list[Example]:
+    """``n`` examples drawn from ``rng`` with task weights ``tasks`` (default :func:`task_mixture`);
+    in the train split a share ``grammar_rate`` of them worded by the grammar (0: the templates only)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 0:
@@ -401,5 +445,5 @@ def generate(rng: random.Random, n: int, split: str = "train", tasks: dict[str, 
     if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"tasks must map names from {TASKS} to non-negative weights with a positive sum; got {tasks!r}")
     names = list(weights)
-    builder = Builder(rng, split)
+    builder = Builder(rng, split, grammar_rate)
     return [_example(builder, rng.choices(names, [weights[t] for t in names])[0]) for _ in range(n)]

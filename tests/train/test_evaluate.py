@@ -45,3 +45,21 @@ def test_train_split_eval_asks_only_about_trained_pairs_and_wordings(tiny_checkp
     scenes = [parse_description(d) for a in answers for d in a["images"]]
     scenes += [parse_description(a["truth"]) for a in answers if a["task"] == "draw" or a["task"].startswith("edit")]
     assert scenes and not any(map(has_heldout_combo, scenes))
+
+
+def test_wording_split_eval_reports_free_worded_figures(tiny_checkpoint, tmp_path):
+    from imagemini.world.language import FRAMES
+
+    report = evaluate(tiny_checkpoint, n=2, out=tmp_path, split="wording")
+    assert report["split"] == "wording"
+    free = report["free_wording"]
+    for key in ("questions", "counting", "drawings"):
+        assert 0.0 <= free[key] <= 1.0
+    heldout_frames = {f[2:] for _, held in FRAMES.values() for f in held}
+    assert free["by_frame"] and all(k.split("|", 1)[1] in heldout_frames for k in free["by_frame"])
+    assert all(row["n"] >= 1 for part in ("by_frame", "by_synonym") for row in free[part].values())
+    assert isinstance(report["leading_whitespace"], int)
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert {a["wording"] for a in answers} == {"new_wording"} and all(a["frame"] in heldout_frames for a in answers)
+    draws = [a for a in answers if a["task"] == "draw"]
+    assert sum(a["correct"] for a in draws) == round(free["drawings"] * len(draws))

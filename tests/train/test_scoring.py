@@ -40,3 +40,42 @@ def testobject_checks_score_each_requested_object_by_its_pair():
     assert object_checks(asked, Scene("white", (blue_triangle, moved))) == [
         ("heldout_combo", True), ("train_combo", False)]
     assert object_checks(asked, None) == [("heldout_combo", False), ("train_combo", False)]
+
+
+def test_free_worded_answers_are_judged_by_their_content():
+    from imagemini.train.scoring import colour_in, content_is_correct, number_in, place_in
+    from imagemini.world.chat import Example
+
+    def judged(task: str, truth: str, got: str) -> bool:
+        return content_is_correct(Example(task, (), False, truth, "wording"), got)
+
+    assert number_in("There are three shapes.") == 3 and number_in("3.") == 3 and number_in("No red circles.") == 0
+    assert number_in("A large red circle.") is None
+    assert judged("count", "3.", "Three.") and judged("count", "0.", "There are none.")
+    assert not judged("count", "3.", "A small red circle at the top and a blue square.")
+    assert colour_in("It is grey.") == "gray"
+    assert judged("background", "Yellow.", "The background is yellow.") and not judged("background", "Yellow.", "Red.")
+    assert place_in("In the upper left corner.") == "top left" and place_in("in the middle") == "center"
+    assert place_in("At the top.") == "top" and place_in("at the bottom-right") == "bottom right"
+    assert judged("where_is", "At the top left.", "It is in the upper left corner.")
+    assert not judged("where_is", "At the top left.", "At the top.")
+    assert judged("where_is", "There is no red circle.", "There is no red circle here.")
+    assert not judged("color_of", "There is no red circle.", "Red.")
+    assert judged("is_there", "Yes.", "Yes, there is.") and not judged("is_there", "Yes.", "No.")
+    assert judged("bigger", "The red circle.", "the red circle") and not judged("bigger", "The red circle.", "The square.")
+
+
+def test_free_worded_drawings_are_judged_by_what_they_state():
+    from imagemini.train.scoring import request_checks
+    from imagemini.world.language import DrawRequest, ObjectSpec
+
+    three_red_circles = DrawRequest(((ObjectSpec(shape="circle", color="red"), 3),))
+    drawn = Scene("white", tuple(SceneObject("circle", "red", size, pos)
+                                 for size, pos in (("small", "top"), ("large", "left"), ("small", "center"))))
+    assert request_checks(three_red_circles, drawn) == {"fits": True, "count": True, "shape": True, "color": True}
+    two = Scene("white", drawn.objects[:2])
+    assert request_checks(three_red_circles, two) == dict.fromkeys(("fits", "count", "shape", "color"), False)  # as often as stated
+    on_black = DrawRequest(((ObjectSpec(size="large", position="center"), 1),), background="black")
+    checks = request_checks(on_black, Scene("white", (SceneObject("cross", "blue", "large", "center"),)))
+    assert checks == {"fits": False, "count": True, "background": False, "size": True, "position": True}
+    assert request_checks(on_black, None) == dict.fromkeys(("fits", "count", "background", "size", "position"), False)
