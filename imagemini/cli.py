@@ -155,6 +155,7 @@ BENCHES = {
     "images": "encoder cache: hit vs miss latency for a resent image",
     "draw": "images/s drawn: our engine vs transformers' generate (image mode)",
     "picture": "latency of a chat with a picture through the server (new vs resent)",
+    "soak": "minutes of mixed traffic through the server: errors, RSS, KV use, latency per kind",
     "train": "training steps/s and tokens/s of the recipe's stage 2 on a device",
 }
 

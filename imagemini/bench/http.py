@@ -57,11 +57,20 @@ def sse_chunk(line: str) -> dict | None:
 @contextlib.contextmanager
 def served(path: Path | str, dtype: str, engine_threads: int | None = None, *extra: str, key: str | None = None):
     """`imagemini serve --model path [extra]` as a subprocess, ready: yields (base URL, model id)."""
+    with served_process(path, dtype, engine_threads, *extra, key=key) as (base, model_id, _):
+        yield base, model_id
+
+
+@contextlib.contextmanager
+def served_process(path: Path | str, dtype: str, engine_threads: int | None = None, *extra: str,
+                   key: str | None = None, log: Path | None = None):
+    """As `served`, also yielding the server's process; its output goes to `log` (if given)."""
     port = _free_port()
+    output = open(log, "wb") if log else subprocess.DEVNULL
     server = subprocess.Popen(
         [sys.executable, "-m", "imagemini.cli", "serve", "--model", str(path), "--port", str(port), "--dtype", dtype,
          *(["--engine-threads", str(engine_threads)] if engine_threads else []), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
+        stdout=output, stderr=output, env={**os.environ, "IMAGEMINI_LOG_LEVEL": "warning"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -73,10 +82,12 @@ def served(path: Path | str, dtype: str, engine_threads: int | None = None, *ext
                 time.sleep(0.1)
         else:
             raise RuntimeError(f"imagemini serve --model {path} did not answer in 60 s")
-        yield base, models["data"][0]["id"]
+        yield base, models["data"][0]["id"], server
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if log:
+            output.close()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
