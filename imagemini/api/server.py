@@ -1,7 +1,7 @@
 """The HTTP application: OpenAI/OpenRouter-compatible chat completions over the engine.
 
     app = create_app(model_dir, EngineConfig(), max_pending=256, api_keys=["sk-..."])
-    uvicorn.run(app)                  # what `imagemini serve` does
+    serve(app, "127.0.0.1", 8000)     # what `imagemini serve` does
 
 Routes (each also under /api/v1, OpenRouter's prefix):
     POST /v1/chat/completions         JSON, or Server-Sent Events with "stream": true
@@ -16,7 +16,8 @@ Routes (each also under /api/v1, OpenRouter's prefix):
 The request contract is in schemas.py, the error shapes in errors.py, the limits in
 settings.py (IMAGEMINI_* environment variables). Images and files in: chat.py (parts, prompt
 encoding), media.py (decoding, PDFs), fetch.py (http(s) URLs), encoder.py (vision encoder and
-its cache; generated images to PNG). README.md documents the whole API.
+its cache); generated images to PNG: imagemini/models/image_output.py. One request becomes one
+plan in plan.py before it reaches the engine. README.md documents the whole API.
 """
 
 from __future__ import annotations
