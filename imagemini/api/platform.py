@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagemini.store.clock import LIMIT_RESETS, iso, parse_iso, period_start
-from imagemini.store.store import Generation, KeyRecord, Store, nanos_to_usd, usd_to_nanos
+from imagemini.store.store import MAX_LIMIT_USD, MAX_PER_MINUTE, Generation, KeyRecord, Store, nanos_to_usd, usd_to_nanos
 
 from .access import Principal, forbidden
 from .errors import APIError, bad_request, from_validation_error
@@ -152,12 +152,12 @@ class KeyFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     disabled: bool | None = None
-    limit: float | None = Field(default=None, ge=0)
+    limit: float | None = Field(default=None, ge=0, le=MAX_LIMIT_USD)
     limit_reset: str | None = None
     expires_at: str | None = None
     include_byok_in_limit: bool | None = None
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE)
 
     def changes(self) -> dict[str, Any]:
         """The fields the body set, as store columns (a field set to null clears it)."""

@@ -43,6 +43,9 @@ from .schema import generations, keys, reservations
 
 KEY_PREFIX = "sk-im-v1-"
 NANOS_PER_USD = 10**9
+# What the columns hold on every backend: limits in BIGINT nanodollars, rates in 32-bit INTEGER.
+MAX_LIMIT_USD = 10**9
+MAX_PER_MINUTE = 2**31 - 1
 # A reservation left by a server that died is given back after this long; a request running
 # longer than this keeps its row in the ledger, but its worst case stops counting against the limit.
 RESERVATION_HOLD_MS = 30 * 60 * 1000
@@ -380,13 +383,13 @@ class Store:
 
 
 def _check_key_fields(limit_nanos: int | None, limit_reset: str | None, rpm: int | None, tpm: int | None) -> None:
-    if limit_nanos is not None and limit_nanos < 0:
-        raise ValueError("limit must be >= 0 (or null: unlimited)")
+    if limit_nanos is not None and not 0 <= limit_nanos <= MAX_LIMIT_USD * NANOS_PER_USD:
+        raise ValueError(f"limit must be between 0 and {MAX_LIMIT_USD} USD (or null: unlimited)")
     if limit_reset is not None and limit_reset not in LIMIT_RESETS:
         raise ValueError(f"limit_reset must be one of {', '.join(LIMIT_RESETS)} or null")
     for name, value in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1 (or null: no limit)")
+        if value is not None and not 1 <= value <= MAX_PER_MINUTE:
+            raise ValueError(f"{name} must be between 1 and {MAX_PER_MINUTE} (or null: no limit)")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -129,6 +129,9 @@ def test_the_key_api_speaks_openrouter(server, http, admin):
     assert credits == {"total_credits": 2, "total_usage": 0}
     bad = httpx.post(f"{server.url}/api/v1/keys", headers=bearer(admin), json={"name": "x", "limit_reset": "hourly"}, timeout=30)
     assert bad.status_code == 400
+    for too_big in ({"tokens_per_minute": 10**30}, {"requests_per_minute": 2**31}, {"limit": 1e300}):
+        bad = httpx.post(f"{server.url}/api/v1/keys", headers=bearer(admin), json={"name": "x", **too_big}, timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == next(iter(too_big)), bad.text
 
 
 def test_wrong_disabled_expired_and_deleted_keys_get_401(server, sdk, admin, model, move_clock):

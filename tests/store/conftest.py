@@ -6,7 +6,7 @@ database (SQLite: a file in tmp_path; PostgreSQL: a database created for it and 
 
     def test_x(store_url):
         async def body(store): ...
-        with_store(store_url, body, clock=FakeClock(...))
+        with_store(store_url, body, clock=FakeClock(...))     # from storetest.py
 """
 
 from __future__ import annotations
@@ -14,33 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
 import pytest
 
-from imagemini.store.store import Store, database_url
+from imagemini.store.store import database_url
 
 POSTGRES_ENV = "IMAGEMINI_TEST_POSTGRES_URL"
-
-
-@dataclass
-class FakeClock:
-    """A clock the test moves: `clock.now_ms`, callable as the store's clock."""
-
-    now_ms: int
-
-    @classmethod
-    def at(cls, iso_time: str) -> "FakeClock":
-        return cls(int(datetime.fromisoformat(iso_time).replace(tzinfo=timezone.utc).timestamp() * 1000))
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, seconds: float) -> None:
-        self.now_ms += int(seconds * 1000)
 
 
 async def _postgres(admin_url: str, sql: str) -> None:
@@ -68,19 +47,3 @@ def store_url(request, tmp_path):
         yield database_url(url=f"{base}/{name}")
     finally:
         asyncio.run(_postgres(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def with_store(url: str, body: Callable[..., Awaitable[Any]], clock: Callable[[], int] | None = None, replicas: int = 1) -> Any:
-    """Run `body(store, ...)` with `replicas` Store objects on the same database (migrated),
-    as separate server processes would have them; closes them after."""
-
-    async def run() -> Any:
-        stores = [Store(url, clock) if clock else Store(url) for _ in range(replicas)]
-        try:
-            await asyncio.gather(*(s.migrate() for s in stores))
-            return await body(*stores)
-        finally:
-            for s in stores:
-                await s.close()
-
-    return asyncio.run(run())

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from conftest import FakeClock, with_store
+from storetest import FakeClock, with_store
 
 from imagemini.store.clock import period_start
 from imagemini.store.store import KEY_PREFIX, RESERVATION_HOLD_MS, Generation, Store, hash_key
@@ -49,6 +49,9 @@ def test_keys_are_stored_hashed_and_managed(store_url):
             await store.update_key(key.hash, limit_reset="hourly")
         with pytest.raises(ValueError):
             await store.update_key(key.hash, hash="x")
+        for too_big in ({"tokens_per_minute": 2**31}, {"requests_per_minute": 2**64}, {"limit_nanos": 10**19}):
+            with pytest.raises(ValueError):  # past what the columns hold on either backend
+                await store.update_key(key.hash, **too_big)
         assert await store.delete_key(key.hash)
         assert await store.key_by_secret(secret) is None and not await store.delete_key(key.hash)
         assert await store.update_key(key.hash, name="gone") is None
