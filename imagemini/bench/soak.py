@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import math
-import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,8 +30,8 @@ from pathlib import Path
 import httpx
 
 from imagemini.bench.http import served_process, sse_chunk
+from imagemini.bench.picture import picture_url
 from imagemini.bench.soak_plot import draw_timeline
-from imagemini.world import render, sample_scene
 
 KINDS = ("text", "image_out", "image_in", "pdf_in", "structured", "reasoning", "disconnect", "bad_request")
 WARM_UP_FRACTION = 0.2  # RSS growth is measured from this point of the run to its end
@@ -54,12 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --- what is sent -------------------------------------------------------------------------------
-def png_data_url(seed: int) -> str:
-    buffer = io.BytesIO()
-    render(sample_scene(random.Random(seed)), 256, rng=seed).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def minimal_pdf(text: str) -> bytes:
     """A one-page PDF showing `text` in Helvetica, its cross-reference table computed."""
     stream = f"BT /F1 18 Tf 40 100 Td ({text}) Tj ET".encode()
@@ -103,7 +95,7 @@ def request_body(kind: str, model_id: str, n: int, pdf_url: str) -> dict:
         "text": ("Say something about shapes.", {"max_completion_tokens": 32}),
         "image_out": ("Draw a large red circle at the top left on a white background.",
                       {"modalities": ["image", "text"], "max_completion_tokens": 300}),
-        "image_in": ([{"type": "image_url", "image_url": {"url": png_data_url(n % 8)}},
+        "image_in": ([{"type": "image_url", "image_url": {"url": picture_url(n % 8)}},
                       {"type": "text", "text": "Describe the image."}], {"max_completion_tokens": 24}),
         "pdf_in": ([{"type": "file", "file": {"filename": "shapes.pdf", "file_data": pdf_url}},
                     {"type": "text", "text": "What does the document say?"}], {"max_completion_tokens": 24}),
