@@ -18,8 +18,8 @@ from imagemini.bench.soak_plot import draw_timeline
 
 PREFIX = "imagemini:"
 FIGURES = {  # sample key <- metric sample name (all summed over their labels but the status class)
-    "running": "num_requests_running",
-    "waiting": "num_requests_waiting",
+    "requests_running": "num_requests_running",
+    "requests_waiting": "num_requests_waiting",
     "kv_perc": "kv_cache_usage_perc",
     "prompt_tokens": "prompt_tokens_total",
     "generation_tokens": "generation_tokens_total",
@@ -29,8 +29,8 @@ FIGURES = {  # sample key <- metric sample name (all summed over their labels bu
     "queue_count": "request_queue_time_seconds_count",
 }
 SERIES = (  # (panel, sample key, legend, colour, divisor), keys derived in `derive`
-    (0, "running", "requests running", (59, 111, 212), 1),
-    (0, "waiting", "requests waiting", (212, 94, 59), 1),
+    (0, "requests_running", "requests running", (59, 111, 212), 1),
+    (0, "requests_waiting", "requests waiting", (212, 94, 59), 1),
     (1, "kv_perc", "KV cache in use (%)", (46, 150, 90), 0.01),
     (2, "generation_tps", "generated tokens/s", (59, 111, 212), 1),
     (2, "prompt_tps", "prompt tokens/s", (150, 150, 150), 1),

@@ -1,5 +1,6 @@
 """GET /metrics through real servers: the counters move by exactly what was served, histograms
-count each engine request once, gauges fall back to 0, and who may read it.
+count each engine request once, gauges fall back to 0, who may read it, and the Grafana
+dashboard (docs/grafana/imagemini.json) asks for nothing the server does not serve.
 
 Two servers: an open one on the tiny checkpoint (text, a picture in twice, an image out, a 400),
 and one with keys (an --api-key key and a store with a management key), whose clock is moved to
@@ -8,14 +9,17 @@ the start of a minute for the rate limit (IMAGEMINI_CLOCK_OFFSET_FILE, store/clo
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections import Counter
 
 import httpx
 import pytest
-from apitest import chat_body, check_stream_framing, post_stream
+from apitest import REPO, chat_body, check_stream_framing, post_stream
 from mediatest import image_part, pattern_png
 from metricstest import moved, scrape, value
+from prometheus_client.parser import text_string_to_metric_families
 from test_api_keys import bearer, cli_key, make_key
 
 CHAT = "/v1/chat/completions"
@@ -131,3 +135,12 @@ def test_limit_rejections_are_counted_by_reason(keyed):
     assert moved(before, after, "imagemini:limit_rejections_total", reason="requests_per_minute") == 1
     assert moved(before, after, "imagemini:http_responses_total", handler=CHAT, code="402") == 1
     assert moved(before, after, "imagemini:http_responses_total", handler=CHAT, code="429") == 1
+
+
+def test_the_grafana_dashboard_asks_only_for_served_metrics(server):
+    dashboard = json.loads((REPO / "docs" / "grafana" / "imagemini.json").read_text())
+    asked = {re.sub(r"_(bucket|total)$", "", name) for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"imagemini:\w+", target["expr"])}
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    served = {family.name for family in text_string_to_metric_families(text)}
+    assert asked and asked <= served, asked - served
