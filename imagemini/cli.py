@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from imagemini.logs import LOG_FORMATS, log_format_from_env
 from imagemini.store.commands import add_keys_command, add_store_arguments
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "bundled"
@@ -60,10 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from imagemini.api.server import create_app, serve
     from imagemini.api.settings import ServerSettings
 
+    from imagemini.logs import configure_logging
     from imagemini.store.clock import clock_from_env
     from imagemini.store.commands import check_serving_rule, store_url
     from imagemini.store.store import Store
 
+    configure_logging(args.log_format)  # before the engine process starts: it follows the choice
     url = store_url(args, create=False)
     check_serving_rule(args.host, args.port, url, args.api_key, args.no_auth)
     model_dir = args.model or default_model_dir()
@@ -75,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key,
                      settings=settings, engine_threads=args.engine_threads,
                      store=Store(url, clock_from_env()) if url else None)
-    serve(app, args.host, args.port)
+    serve(app, args.host, args.port, args.log_format)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -189,6 +192,8 @@ def _add_serve(sub) -> None:
                    help="fetch http(s) image/file URLs of requests (off: only data: URLs); IMAGEMINI_ALLOW_IMAGE_URLS")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="with --allow-image-urls: also loopback/private/link-local addresses; IMAGEMINI_ALLOW_PRIVATE_URLS")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=log_format_from_env(),
+                   help="text, or one JSON object per line (access log included); IMAGEMINI_LOG_FORMAT")
     p.set_defaults(func=cmd_serve)
 
 

@@ -7,7 +7,8 @@
 The rule (README.md, "Keys, limits and the ledger"): when keys are configured (`--api-key`, or
 any key in the store) every API route needs `Authorization: Bearer <key>`; without keys the
 server is open, as it always was. Management keys manage keys and nothing else; the others
-make completions and read their own key and generations.
+make completions and read their own key and generations. GET /metrics, about the whole server,
+takes a management key or an --api-key key (`authenticate_operator`).
 
 Admission: a key with a credit limit reserves the request's worst-case cost in the store first
 (store.py: one conditional UPDATE, exact across replicas) and is refused with 402 when that
@@ -131,6 +132,14 @@ class Access:
         if key.expired(self.clock()):
             raise unauthorized("This API key has expired.")
         return Principal(key.hash, key.label, key.is_management, key)
+
+    async def authenticate_operator(self, authorization: str | None) -> Principal:
+        """Routes about the whole server (GET /metrics): a management key, or an --api-key key (the
+        operator's own, and the only keys of a server without a store); other keys get 403."""
+        principal = await self.authenticate(authorization)
+        if principal.key is not None and not principal.management:
+            raise forbidden("This route needs a management key or an --api-key key.")
+        return principal
 
     async def admit(
         self,

@@ -1,6 +1,6 @@
 """Running one chat completion on the engine and shaping what comes back: JSON or SSE chunks.
 
-    runs = ChoiceRuns(async_engine, prompt_ids, params, "chatcmpl-...", prompt_embeds)   # one engine request per choice
+    runs = ChoiceRuns(async_engine, prompt_ids, params, "chatcmpl-...", prompt_embeds, metrics)   # one engine request per choice
     await runs.start()                                 # admitted, or EngineOverloaded / ValueError
     completion = await complete(runs, ctx)             # non-stream: a ChatCompletion
     async for event in stream_events(runs, ctx): ...   # stream: "data: {chunk}\\n\\n" ... "data: [DONE]\\n\\n"
@@ -62,6 +62,7 @@ from .schemas import (
 
 if TYPE_CHECKING:
     from .metering import GenerationMeter
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class ChoiceRuns:
         params: list[SamplingParams],
         request_id: str,
         prompt_embeds: torch.Tensor | None = None,
+        metrics: "Metrics | None" = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._prompt_ids = prompt_ids
         self._prompt_embeds = prompt_embeds
         self._params = params
@@ -112,13 +115,20 @@ class ChoiceRuns:
             raise self._refused[0]
 
     async def _pump(self, index: int, params: SamplingParams) -> None:
+        timer = self._metrics.engine_request() if self._metrics is not None else None
         try:
             request_id = f"{self._request_id}-{index}"
             async for out in self._engine.generate(self._prompt_ids, params, request_id, self._prompt_embeds):
+                if timer is not None:
+                    timer.output(out)
                 self._queue.put_nowait((index, out))
         except Exception as exc:  # EngineOverloaded, ValueError (refused), or a bug
+            timer = None  # refused: it never ran
             self._refused.append(exc)
             self._queue.put_nowait((index, exc))
+        finally:
+            if timer is not None:
+                timer.close()  # withdrawn before its end (client gone): counted as an abort
 
     async def outputs(self) -> AsyncIterator[tuple[int, SequenceOutput]]:
         """Deltas of all choices as they come, until every choice has finished."""

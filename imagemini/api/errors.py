@@ -125,14 +125,14 @@ def from_validation_error(exc: ValidationError, data: Any) -> APIError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+        return _answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         loc = [str(x) for x in errors[0]["loc"][1:]] if errors else []
         message = errors[0]["msg"] if errors else "invalid request"
-        return bad_request(message, param=".".join(loc) or None).response()
+        return _answer(request, bad_request(message, param=".".join(loc) or None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -141,9 +141,15 @@ def install(app: FastAPI) -> None:
         else:
             error = APIError(exc.status_code, str(exc.detail), code=None)
         error.headers.update(exc.headers or {})
-        return error.response()
+        return _answer(request, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return internal_error().response()
+        return _answer(request, internal_error())
+
+
+def _answer(request: Request, error: APIError) -> JSONResponse:
+    """The error's response; its code is kept for the request's access-log line (access_log.py)."""
+    request.state.error_code = error.code
+    return error.response()

@@ -26,7 +26,7 @@ ERROR_DESCRIPTIONS = {
     400: "Invalid request: a field (`error.param` names it), JSON, Content-Type or nesting depth",
     401: "Keys are configured and the bearer key is missing, wrong, disabled, expired or deleted",
     402: "The key's credit limit cannot cover the request's worst case (`error.code` is 402)",
-    403: "A management key on completions, or a plain key on key management",
+    403: "A management key on completions, or a plain key on key management or /metrics",
     404: "Unknown model, key, generation or asset, or no store configured",
     413: "Body, image or file over its byte limit",
     429: "The key's requests or tokens per minute (X-RateLimit-*, Retry-After)",
@@ -113,6 +113,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("get", "/health"): Operation(
         {200: _json(HEALTH), 503: _json(HEALTH)}, (), keyed=False, summary="Liveness and load",
+    ),
+    ("get", "/metrics"): Operation(
+        {200: {"text/plain": {"schema": {
+            "type": "string", "description": "Prometheus' text exposition format (imagemini/api/README.md, Metrics)",
+        }}}},
+        (401, 403), summary="Prometheus metrics (with keys: a management or --api-key key)",
     ),
     ("get", "/api/v1/key"): Operation({200: _json(DATA_OBJECT)}, (401, 500), summary="The calling key"),
     ("get", "/api/v1/credits"): Operation({200: _json(DATA_OBJECT)}, (401, 404, 500), summary="Credits and usage"),

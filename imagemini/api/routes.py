@@ -1,7 +1,8 @@
-"""The HTTP routes: chat completions, models, health.
+"""The HTTP routes: chat completions, models, health, metrics.
 
-`api_router` is mounted twice, at /v1 (OpenAI) and /api/v1 (OpenRouter); `/health` sits at the
-root and needs no key. The chat route reads its body itself (size limit, content type, JSON)
+`api_router` is mounted twice, at /v1 (OpenAI) and /api/v1 (OpenRouter); `/health` and `/metrics`
+sit at the root: `/health` needs no key, `/metrics` an operator's when keys are configured
+(access.py: `authenticate_operator`). The chat route reads its body itself (size limit, content type, JSON)
 instead of letting FastAPI parse it, so that every problem is an OpenAI-shaped 400/413 with
 the right `param`, never a 422.
 
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from .completions import ChoiceRuns, ResponseContext, complete, refusal, stream_events
 from .metering import GenerationMeter
+from .metrics import CONTENT_TYPE
 from .errors import APIError, bad_request, from_validation_error, model_not_found
 from .plan import CompletionPlan, plan_completion
 from .schemas import ChatCompletionRequest, ModelList
@@ -146,16 +148,21 @@ async def chat_completions(request: Request) -> Response:
     data = await read_json_body(request, state.settings.max_body_bytes, state.settings.max_json_depth)
     chat = parse_chat_request(data)
     plan = await plan_completion(state, chat)
-    meter = await state.access.admit(
-        request.state.principal, state.card, len(plan.prompt_ids), sum(p.max_tokens for p in plan.params),
-        len(plan.images), streamed=bool(chat.stream),
-    )
+    try:
+        meter = await state.access.admit(
+            request.state.principal, state.card, len(plan.prompt_ids), sum(p.max_tokens for p in plan.params),
+            len(plan.images), streamed=bool(chat.stream),
+        )
+    except APIError as exc:
+        state.metrics.limit_refused(exc)
+        raise
     try:
         runs, ctx = await submit(state, chat, plan, meter)
     except BaseException:
         if meter is not None:
             await meter.release()
         raise
+    request.state.completion = ctx  # what the access log reports of it (access_log.py)
     # Safety net: however this request's task ends (response sent, client gone before the stream
     # began, cancelled at shutdown), no choice keeps running in the engine for nobody, and the
     # generation has its ledger row (a no-op when it was written before the last bytes).
@@ -189,7 +196,7 @@ async def submit(
         show_reasoning=plan.reasoning.shows_thought,
         meter=meter,
     )
-    runs = ChoiceRuns(state.engine, plan.prompt_ids, plan.params, ctx.id, embeds)
+    runs = ChoiceRuns(state.engine, plan.prompt_ids, plan.params, ctx.id, embeds, state.metrics)
     try:
         await runs.start()
     except Exception as exc:
@@ -237,3 +244,11 @@ async def get_model(model_id: str, request: Request) -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     state = server(request)
     return JSONResponse(state.health(), status_code=503 if state.draining or state.engine.dead else 200)
+
+
+@health_router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (metrics.py)."""
+    state = server(request)
+    request.state.principal = await state.access.authenticate_operator(request.headers.get("authorization"))
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

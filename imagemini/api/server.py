@@ -8,6 +8,8 @@ Routes (each also under /api/v1, OpenRouter's prefix):
     GET  /v1/models                   {"object": "list", "data": [model card]}
     GET  /v1/models/{id}              the model card
     GET  /health                      liveness + load: pending, running, waiting, KV tokens in use
+    GET  /metrics                     Prometheus metrics (metrics.py); every request also gets an
+                                      access-log line and an X-Request-Id header (access_log.py)
     /api/v1/key, /keys, /credits, /generation   OpenRouter's platform API: platform.py (keys and the
                                       ledger live in imagemini/store/; who may call: access.py)
     GET  /, /playground               the model page and playground (imagemini/web/)
@@ -35,7 +37,10 @@ from imagemini.engine.engine import EngineConfig
 from imagemini.store.store import Store
 from imagemini.web.routes import web_router
 
+from imagemini.logs import uvicorn_log_config
+
 from . import errors, openapi
+from .access_log import AccessLog
 from .platform import platform_router
 from .routes import api_router, health_router
 from .settings import ServerSettings
@@ -75,6 +80,7 @@ def create_app(
     app.state.server = state
     app.state.model_dir = Path(model_dir)
     errors.install(app)
+    app.add_middleware(AccessLog, metrics=state.metrics)
     openapi.install(app)  # the whole contract at /openapi.json (openapi.py)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once
@@ -84,8 +90,9 @@ def create_app(
     return app
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run `app` with uvicorn; once it listens, say where the model page is."""
+def serve(app: FastAPI, host: str, port: int, log_format: str = "text") -> None:
+    """Run `app` with uvicorn; once it listens, say where the model page is. `log_format`: as
+    `configure_logging` was given (imagemini/logs.py); uvicorn's access log gives way to ours."""
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
@@ -94,4 +101,6 @@ def serve(app: FastAPI, host: str, port: int) -> None:
                 shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
                 log.info("ready: model page and playground at http://%s:%d/ (API at http://%s:%d/v1)", shown, port, shown, port)
 
-    Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=15)).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=15,
+                            log_config=uvicorn_log_config(log_format), access_log=False)
+    Server(config).run()

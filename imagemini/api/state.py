@@ -35,6 +35,7 @@ from .chat import PromptEncoder
 from .encoder import EncoderCache, VisionEncoder
 from .errors import overloaded
 from .media import InputImage, MediaReader
+from .metrics import Metrics
 from .model_card import LoadedCard, load_card
 from .reasoning import card_thinks, thinking_supported
 from .sampling import Limits
@@ -54,6 +55,7 @@ class ServerState:
     media: MediaReader | None = None
     vision: VisionEncoder | None = None
     writer: ImageWriter | None = None
+    metrics: Metrics | None = None  # GET /metrics (metrics.py)
     draining: bool = False
     # Reading media (base64, downloads, PDFs) and encoding images run in worker threads; these
     # bound how many requests do each at once (downloads wait on the network, not the CPU).
@@ -82,6 +84,7 @@ class ServerState:
             model_context=limits.context_length,
             no_token_ids=tokenizer.no_token_ids,
         )
+        vision = VisionEncoder(model, processor, EncoderCache(settings.encoder_cache_bytes))
         return cls(
             engine, card, request_limits, settings,
             Access(store, tuple(api_keys or ()), clock=store.clock if store is not None else clock_from_env()),
@@ -93,8 +96,9 @@ class ServerState:
                 settings if "image" in card.inputs else replace(settings, pdf_image_pages=0),
                 render_side=min(2 * processor.image_cfg.size, 2048),
             ),
-            vision=VisionEncoder(model, processor, EncoderCache(settings.encoder_cache_bytes)),
+            vision=vision,
             writer=ImageWriter(model),
+            metrics=Metrics(card.id, engine, vision.cache),
         )
 
     @property

@@ -6,12 +6,13 @@ Starts `imagemini serve` as a subprocess and keeps `--concurrency` clients busy,
 through every kind of request (KINDS): plain text, images out, a PNG in, a PDF in, a JSON
 schema, reasoning, a stream the client drops after its first chunks, and bad requests (which
 must be answered 4xx). Once a second it samples the resident memory of the API process and of
-its engine child (/proc) and the server's GET /health (KV tokens in use, encoder cache). When
-the time is up the clients finish their requests, the server is given time to go idle, and the
-KV cache must then be empty.
+its engine child (/proc), the server's GET /health (KV tokens in use, encoder cache) and GET
+/metrics (metrics_plot.py). When the time is up the clients finish their requests, the server is
+given time to go idle, and the KV cache must then be empty.
 
 Written to `--out`: soak.json (errors by kind and outcome, latency percentiles per kind, RSS
-growth after warm-up, the samples) and soak.png (RSS of both processes and KV use over time).
+growth after warm-up, the samples), soak.png (RSS of both processes and KV use over time) and
+metrics.png (what /metrics showed over time: docs/metrics.png is one).
 A 5xx, a transport error or an unexpected status is counted, never raised: a soak reports all.
 """
 
@@ -31,6 +32,7 @@ import httpx
 
 from imagemini.bench.http import served_process, sse_chunk
 from imagemini.bench.picture import picture_url
+from imagemini.bench.metrics_plot import draw_metrics, read_figures
 from imagemini.bench.soak_plot import draw_timeline
 
 KINDS = ("text", "image_out", "image_in", "pdf_in", "structured", "reasoning", "disconnect", "bad_request")
@@ -183,8 +185,12 @@ async def sample(client: httpx.AsyncClient, base: str, api_pid: int, engine_pid:
         health = (await client.get(f"{base}/health", timeout=10)).json()
     except (httpx.HTTPError, ValueError):
         health = {}
+    try:
+        figures = read_figures((await client.get(f"{base}/metrics", timeout=10)).text)
+    except (httpx.HTTPError, ValueError):
+        figures = {}
     encoder = health.get("encoder_cache") or {}
-    return {
+    return figures | {
         "t": round(time.monotonic() - start, 2),
         "api_rss": rss_bytes(api_pid), "engine_rss": rss_bytes(engine_pid) if engine_pid else None,
         "kv_used_tokens": (health.get("kv_cache") or {}).get("used_tokens"),
@@ -299,8 +305,10 @@ def main(args: argparse.Namespace) -> dict:
     summary = {"model": str(args.model), "minutes": args.minutes, "concurrency": args.concurrency,
                "server_crashed": crashed, **summarize(run, seconds)}
     (args.out / "soak.json").write_text(json.dumps({**summary, "samples": run["samples"]}, indent=1))
-    draw_timeline(run["samples"], run["traffic_s"], f"soak: {model_id}, {args.concurrency} clients, "
-                  f"{args.minutes:g} min").save(args.out / "soak.png", optimize=True)
+    title = f"{model_id}, {args.concurrency} clients, {args.minutes:g} min"
+    draw_timeline(run["samples"], run["traffic_s"], f"soak: {title}").save(args.out / "soak.png", optimize=True)
+    draw_metrics(run["samples"], run["traffic_s"], f"/metrics during a soak: {title}").save(
+        args.out / "metrics.png", optimize=True)
     print_summary(summary)
     return summary
 

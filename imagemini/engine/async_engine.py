@@ -32,13 +32,14 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
+from imagemini.logs import configure_logging, log_format_from_env
 from imagemini.models.janus import load_janus
 from imagemini.models.tokenizer import Tokenizer
 
@@ -68,6 +69,9 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     kv_used_tokens: int = 0
+    # Seconds each request admitted since the previous message had waited in this process
+    # before the scheduler gave it room (vLLM's request_queue_time; api/metrics.py).
+    queue_times: list[float] = field(default_factory=list)
 
 
 class EngineFrontend:
@@ -86,8 +90,7 @@ def _engine_process(model_dir: str, config: EngineConfig, threads: int | None, c
     # Ctrl-C reaches the whole process group: the API process decides when the engine stops
     # (after draining), so the engine must not die of the same keystroke mid-request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=os.environ.get("IMAGEMINI_LOG_LEVEL", "info").upper(),
-                        format="%(levelname)s:     engine: %(message)s")
+    configure_logging(log_format_from_env(), text_format="%(levelname)s:     engine: %(message)s")
     if threads:
         torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
@@ -104,6 +107,8 @@ def serve_engine(engine: Engine, conn: Connection) -> None:
     """The step loop: requests and aborts in, one ("outputs", [SequenceOutput], EngineStats)
     message out per step that produced something; returns on ("stop",) or when the other end closes."""
     stopping = False
+    arrivals: dict[str, float] = {}  # request id -> when it arrived, until the scheduler admits it
+    queue_times: list[float] = []  # of the requests admitted since the last message
     while True:
         busy = engine.has_work()
         refused: list[SequenceOutput] = []
@@ -111,7 +116,10 @@ def serve_engine(engine: Engine, conn: Connection) -> None:
             while conn.poll(0 if busy or stopping else None):
                 message = conn.recv()
                 if message[0] == "add":
-                    refused += _add(engine, *message[1:])
+                    refusal = _add(engine, *message[1:])
+                    refused += refusal
+                    if not refusal:
+                        arrivals[message[1]] = time.monotonic()
                 elif message[0] == "abort":
                     engine.abort(message[1])
                 elif message[0] == "stop":
@@ -121,18 +129,32 @@ def serve_engine(engine: Engine, conn: Connection) -> None:
             return  # the API process is gone
         if stopping and not engine.has_work():
             return
+        step_started = time.monotonic()
         try:
             outputs = engine.step()
         except Exception:  # a bug must not leave clients hanging: end every request
             log.exception("engine step failed")
             outputs = engine.fail_all("internal error in the inference engine")
+        queue_times += _admitted(engine, arrivals, outputs, step_started)
         outputs = refused + outputs
         if outputs:
-            stats = EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens)
+            stats = EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens,
+                                queue_times)
+            queue_times = []
             try:
                 conn.send(("outputs", outputs, stats))
             except (BrokenPipeError, OSError):
                 return
+
+
+def _admitted(engine: Engine, arrivals: dict[str, float], outputs: list[SequenceOutput], step_started: float) -> list[float]:
+    """How long each request the scheduler admitted in this step had waited; each leaves
+    `arrivals`. One that left the queue without running (aborted or failed before a token) has no
+    queue time."""
+    waiting = {seq.request_id for seq in engine.scheduler.waiting}
+    never_ran = {out.request_id for out in outputs if out.finished and out.num_output_tokens == 0}
+    left = [request_id for request_id in arrivals if request_id not in waiting]
+    return [step_started - arrivals.pop(request_id) for request_id in left if request_id not in never_ran]
 
 
 def _add(engine: Engine, request_id: str, prompt_ids: list[int], params: SamplingParams, grammar: str | None,
@@ -165,6 +187,7 @@ class AsyncEngine:
         self.max_pending = max_pending
         self.frontend = EngineFrontend(Path(model_dir), config)
         self.stats = EngineStats()
+        self.on_stats: Callable[[EngineStats], None] | None = None  # told of every report (api/metrics.py)
         self.dead: str | None = None  # why the engine process stopped, once it has
         self._queues: dict[str, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -265,6 +288,8 @@ class AsyncEngine:
             while self._conn.poll():
                 kind, outputs, stats = self._conn.recv()
                 self.stats = stats
+                if self.on_stats is not None:
+                    self.on_stats(stats)
                 for out in outputs:
                     q = self._queues.get(out.request_id)
                     if q is not None:

@@ -1,5 +1,5 @@
 """`imagemini bench soak` sends every kind of traffic through a real server, counts what went
-wrong, and finds the KV cache empty once the server is idle."""
+wrong, finds the KV cache empty once the server is idle, and plots what /metrics showed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 from PIL import Image
 
-from imagemini.bench import soak
+from imagemini.bench import metrics_plot, soak
 
 
 def test_a_short_soak_sends_every_kind_without_server_errors_and_ends_with_the_kv_cache_empty(tiny_checkpoint, tmp_path):
@@ -23,6 +23,16 @@ def test_a_short_soak_sends_every_kind_without_server_errors_and_ends_with_the_k
     assert written["samples"] and all(s["api_rss"] and s["engine_rss"] for s in written["samples"])
     assert set(written["rss_growth_after_warm_up"]) == {"api", "engine"}
     assert Image.open(tmp_path / "soak.png").size[0] > 0
+    assert written["samples"][-1]["generation_tokens"] > 0  # /metrics was read with each sample
+    assert Image.open(tmp_path / "metrics.png").size[0] > 0
+
+
+def test_metrics_rates_and_means_are_taken_between_samples():
+    zero = dict.fromkeys([*metrics_plot.FIGURES, "http_4xx", "http_5xx"], 0.0)
+    later = {"t": 2.0, "generation_tokens": 10.0, "ttft_sum": 1.5, "ttft_count": 3.0, "http_5xx": 1.0}
+    (derived,) = metrics_plot.derive([zero | {"t": 0.0}, zero | later])
+    assert (derived["generation_tps"], derived["ttft_mean"], derived["http_5xx_rate"]) == (5.0, 0.5, 0.5)
+    assert derived["queue_mean"] is None  # nothing was admitted in the interval
 
 
 def test_the_hand_written_pdf_is_read_back_with_its_text():
