@@ -1,6 +1,7 @@
 """The `imagemini` command.
 
     imagemini serve [--model DIR] [--host H] [--port P]     the OpenAI-compatible server
+    imagemini serve --replicas N [--ray-address ADDR]        ... as N Ray Serve replicas (api/replicas.py)
     imagemini keys create|list|show|disable|delete          API keys of the store (store/commands.py)
     imagemini generate "prompt" [--model DIR] [...]          one completion, printed
     imagemini generate "draw ..." --out picture.png          ... that starts with an image, saved
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from imagemini.logs import LOG_FORMATS, log_format_from_env
+from imagemini.api.replicas import add_replica_arguments
 from imagemini.store.commands import add_keys_command, add_store_arguments
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "bundled"
@@ -58,6 +60,7 @@ def _engine_config(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from imagemini.api.replicas import check_replica_arguments, serve_replicas
     from imagemini.api.server import create_app, serve
     from imagemini.api.settings import ServerSettings
 
@@ -68,13 +71,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     configure_logging(args.log_format)  # before the engine process starts: it follows the choice
     url = store_url(args, create=False)
+    check_replica_arguments(args, url)
     check_serving_rule(args.host, args.port, url, args.api_key, args.no_auth)
-    model_dir = args.model or default_model_dir()
     settings = ServerSettings.from_env()
     if args.allow_image_urls:
         settings = replace(settings, allow_image_urls=True)
     if args.allow_private_urls:
         settings = replace(settings, allow_private_urls=True)
+    if args.replicas is not None:
+        serve_replicas(args, settings, url)
+        return
+    model_dir = args.model or default_model_dir()
     app = create_app(model_dir, _engine_config(args), max_pending=args.max_pending, api_keys=args.api_key,
                      settings=settings, engine_threads=args.engine_threads,
                      store=Store(url, clock_from_env()) if url else None)
@@ -194,6 +201,7 @@ def _add_serve(sub) -> None:
                    help="with --allow-image-urls: also loopback/private/link-local addresses; IMAGEMINI_ALLOW_PRIVATE_URLS")
     p.add_argument("--log-format", choices=LOG_FORMATS, default=log_format_from_env(),
                    help="text, or one JSON object per line (access log included); IMAGEMINI_LOG_FORMAT")
+    add_replica_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 

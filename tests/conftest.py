@@ -1,12 +1,18 @@
 """Shared fixtures: the random Janus test checkpoint (built once per test session), its 32K
 context copy and its padded-vocabulary copy, the bundled checkpoint with a source echo and
-without one, and `start_server` (a real server subprocess: tests/api/apitest.py, on the path
-through pyproject's pytest settings)."""
+without one, `start_server` (a real server subprocess: tests/api/apitest.py, on the path
+through pyproject's pytest settings), and `postgres_database` (a new PostgreSQL database on the
+server that IMAGEMINI_TEST_POSTGRES_URL names: .ci/run starts one with .ci/postgres)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,7 @@ from imagemini.models import random_fixture
 from imagemini.models.processor import ECHO_FILE, EchoConfig
 
 BUNDLED = Path(random_fixture.__file__).parent / "bundled"
+POSTGRES_ENV = "IMAGEMINI_TEST_POSTGRES_URL"
 PADDED_VOCAB = 4096
 
 
@@ -76,3 +83,33 @@ def long_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     config["text_config"]["max_position_embeddings"] = 32768
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+async def _postgres(admin_url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """`with postgres_database(prefix) as url:` a new, empty database (its plain postgresql:// URL),
+    dropped after; skips the test, saying why, when IMAGEMINI_TEST_POSTGRES_URL is not set."""
+
+    @contextlib.contextmanager
+    def database(prefix: str) -> Iterator[str]:
+        admin = os.environ.get(POSTGRES_ENV)
+        if not admin:
+            pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (.ci/run starts a server with .ci/postgres)")
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_postgres(admin, f"CREATE DATABASE {name}"))
+        try:
+            yield f"{admin.rpartition('/')[0]}/{name}"
+        finally:
+            asyncio.run(_postgres(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+    return database

@@ -1,7 +1,7 @@
 """The HTTP application: OpenAI/OpenRouter-compatible chat completions over the engine.
 
     app = create_app(model_dir, EngineConfig(), max_pending=256, api_keys=["sk-..."])
-    serve(app, "127.0.0.1", 8000)     # what `imagemini serve` does
+    serve(app, "127.0.0.1", 8000)     # what `imagemini serve` does (--replicas N: ray_app.py)
 
 Routes (each also under /api/v1, OpenRouter's prefix):
     POST /v1/chat/completions         JSON, or Server-Sent Events with "stream": true
@@ -90,6 +90,12 @@ def create_app(
     return app
 
 
+def page_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the model page of a server listening on host:port."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/ (API at http://{shown}:{port}/v1)"
+
+
 def serve(app: FastAPI, host: str, port: int, log_format: str = "text") -> None:
     """Run `app` with uvicorn; once it listens, say where the model page is. `log_format`: as
     `configure_logging` was given (imagemini/logs.py); uvicorn's access log gives way to ours."""
@@ -98,9 +104,10 @@ def serve(app: FastAPI, host: str, port: int, log_format: str = "text") -> None:
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
-                shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
-                log.info("ready: model page and playground at http://%s:%d/ (API at http://%s:%d/v1)", shown, port, shown, port)
+                log.info("ready: model page and playground at %s", page_url(host, port))
 
+    # asyncio and h11 by name: uvicorn would pick uvloop and httptools when they are installed
+    # (Ray's extra brings them), and the server must answer the same whatever else is installed.
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=15,
-                            log_config=uvicorn_log_config(log_format), access_log=False)
+                            log_config=uvicorn_log_config(log_format), access_log=False, loop="asyncio", http="h11")
     Server(config).run()

@@ -57,6 +57,9 @@ class ServerState:
     writer: ImageWriter | None = None
     metrics: Metrics | None = None  # GET /metrics (metrics.py)
     draining: bool = False
+    # Which replica this process is when several serve one model (Ray Serve: ray_app.py sets its
+    # replica id); None for a lone server. Per-replica labels (metrics, logs) read it here.
+    replica: str | None = None
     # Reading media (base64, downloads, PDFs) and encoding images run in worker threads; these
     # bound how many requests do each at once (downloads wait on the network, not the CPU).
     media_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4), repr=False)
