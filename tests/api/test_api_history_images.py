@@ -136,6 +136,7 @@ def test_a_drawn_picture_is_edited_in_the_next_turn_either_way(server, async_sdk
     seed guarantee), so this is the same test as one request after another, in less time."""
     async def all_seeds():
         async with async_sdk(server) as client:
+            client = client.with_options(timeout=900)  # 24 pictures in flight: slow on a busy machine, never stuck
             return await asyncio.gather(*(draw_then_edit(client, seed) for seed in range(EDIT_SEEDS)))
 
     results = asyncio.run(all_seeds())
