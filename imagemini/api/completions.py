@@ -18,7 +18,8 @@ the event loop, and come back in `message.images` (non-stream) or, in a stream, 
 `completion_tokens` and in `completion_tokens_details.image_tokens`. A stream that asked for
 `image_config.partial_images` also gets previews of each picture being drawn, in
 `delta.image_previews` (each with its picture's `index` and its `preview_index`), decoded here
-as the finished pictures are, in chunks of their own before that picture's `delta.images`.
+too (on a thread of their own: previews.py), in chunks of their own before that picture's
+`delta.images`.
 
 A thought (reasoning) comes back as `message.reasoning` + `message.reasoning_details`,
 in a stream as `delta.reasoning` + `delta.reasoning_details`, unless the request excluded it; its
@@ -46,6 +47,7 @@ from imagemini.models.tokenizer import Tokenizer
 
 from .errors import APIError, bad_request, internal_error, overloaded
 from .model_card import LoadedCard
+from .previews import preview_data_url
 from .schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -203,11 +205,11 @@ class ResponseContext:
         return [await asyncio.to_thread(self.writer.png_data_url, codes) for codes in out.images]
 
     async def image_previews(self, out: SequenceOutput) -> list[ImagePreviewOutput]:
-        """The previews taken in this delta, as PNG data URLs (decoded in a worker thread)."""
+        """The previews taken in this delta, as PNG data URLs (decoded on their own thread: previews.py)."""
         if self.writer is None or not out.image_previews:
             return []
         return [
-            ImagePreviewOutput(image_url={"url": await asyncio.to_thread(self.writer.preview_png_data_url, p.codes)},
+            ImagePreviewOutput(image_url={"url": await preview_data_url(self.writer, p.codes)},
                                index=p.picture, preview_index=p.number)
             for p in out.image_previews
         ]

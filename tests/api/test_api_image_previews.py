@@ -1,7 +1,9 @@
 """Previews of pictures being drawn (`image_config.partial_images`), through the `openai` SDK
 against a real server on the tiny random checkpoint (8x8 codes, 64x64 PNGs), in float32 so that
 the test can redraw the same codes in-process and check each preview exactly: preview k is
-`ImageWriter.preview_png` of the finished picture's first 64·(k+1) // (P+1) codes."""
+`ImageWriter.preview_png` of the finished picture's first 64·(k+1) // (P+1) codes, decoded as
+the server decodes previews (api/previews.py: one thread, whose float32 bits differ from a
+team of several threads')."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ import base64
 import io
 from types import SimpleNamespace
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import openai
 import pytest
+import torch
 from PIL import Image
 
 from imagemini.api.plan import plan_completion
+from imagemini.api.previews import preview_png
 from imagemini.api.schemas import ChatCompletionRequest
 from imagemini.api.settings import ServerSettings
 from imagemini.api.state import ServerState
@@ -103,6 +109,14 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(picture)
 
 
+def test_previews_are_decoded_by_a_one_thread_team():
+    from imagemini.api import previews
+
+    assert previews._decoder.submit(torch.get_num_threads).result() == 1
+    with ThreadPoolExecutor(1) as other:  # threads started later keep torch's own team size
+        assert other.submit(torch.get_num_threads).result() == torch.get_num_threads()
+
+
 @pytest.mark.parametrize("partial_images", [1, 3])
 def test_previews_come_in_order_before_the_picture(client, local, eos_bias, partial_images):
     events = streamed(client, body(local, eos_bias, partial_images))
@@ -127,7 +141,7 @@ def test_each_preview_is_the_pictures_first_codes_decoded_the_rest_grey(client, 
     patch = SIDE // GRID
     for _, _, k, png in events[:-1]:
         drawn = CODES * (k + 1) // 4
-        assert png == local.writer.preview_png(codes[:drawn])
+        assert png == preview_png(local.writer, codes[:drawn])
         grid = pixels(png).reshape(GRID, patch, GRID, patch, 3).transpose(0, 2, 1, 3, 4).reshape(CODES, -1)
         assert (grid[drawn:] == PREVIEW_GREY).all() and not (grid[:drawn] == PREVIEW_GREY).all(axis=1).all()
 
