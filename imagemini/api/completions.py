@@ -15,7 +15,11 @@ the stream then ends without usage or `[DONE]`.
 Generated images (image output) are decoded by the VQ decoder into PNG data URLs off
 the event loop, and come back in `message.images` (non-stream) or, in a stream, as
 `delta.images` in the chunk of the step that completed them. Their codes count in
-`completion_tokens` and in `completion_tokens_details.image_tokens`.
+`completion_tokens` and in `completion_tokens_details.image_tokens`. A stream that asked for
+`image_config.partial_images` also gets previews of each picture being drawn, in
+`delta.image_previews` (each with its picture's `index` and its `preview_index`), decoded here
+too (on a thread of their own: previews.py), in chunks of their own before that picture's
+`delta.images`.
 
 A thought (reasoning) comes back as `message.reasoning` + `message.reasoning_details`,
 in a stream as `delta.reasoning` + `delta.reasoning_details`, unless the request excluded it; its
@@ -43,6 +47,7 @@ from imagemini.models.tokenizer import Tokenizer
 
 from .errors import APIError, bad_request, internal_error, overloaded
 from .model_card import LoadedCard
+from .previews import preview_data_url
 from .schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -54,6 +59,7 @@ from .schemas import (
     Delta,
     ErrorDetail,
     ImageOutput,
+    ImagePreviewOutput,
     ReasoningDetail,
     TokenLogprob,
     TopLogprob,
@@ -208,6 +214,16 @@ class ResponseContext:
             return []
         return [await asyncio.to_thread(self.writer.png_data_url, codes) for codes in out.images]
 
+    async def image_previews(self, out: SequenceOutput) -> list[ImagePreviewOutput]:
+        """The previews taken in this delta, as PNG data URLs (decoded on their own thread: previews.py)."""
+        if self.writer is None or not out.image_previews:
+            return []
+        return [
+            ImagePreviewOutput(image_url={"url": await preview_data_url(self.writer, p.codes)},
+                               index=p.picture, preview_index=p.number)
+            for p in out.image_previews
+        ]
+
 
 @dataclass
 class ChoiceResult:
@@ -324,16 +340,31 @@ def _chunk(ctx: ResponseContext, choices: list[ChunkChoice], **extra) -> str:
     return f"data: {chunk.model_dump_json()}\n\n"
 
 
-def _delta_chunks(ctx: ResponseContext, index: int, out: SequenceOutput, images: list[str]) -> list[str]:
-    chunks = []
+def _delta_chunks(
+    ctx: ResponseContext, index: int, out: SequenceOutput, images: list[str],
+    previews: list[ImagePreviewOutput], pictures_before: int,
+) -> list[str]:
+    """The chunks of one delta of choice `index`, which had sent `pictures_before` pictures: the
+    previews of the pictures it completes, its text and pictures, the previews of a picture it
+    starts, its finish."""
+    completed = pictures_before + len(images)
+    earlier = [p for p in previews if p.index < completed]
+    later = [p for p in previews if p.index >= completed]
+    chunks = [_preview_chunk(ctx, index, earlier)] if earlier else []
     thought = out.reasoning if ctx.show_reasoning else ""
     if out.text or out.logprobs or images or thought:
         logprobs = ChoiceLogprobs(content=logprob_entries(ctx.tokenizer, out.logprobs)) if ctx.logprobs else None
         delta = Delta(content=out.text, images=image_outputs(images), **(ctx.reasoning_fields(thought) if thought else {}))
         chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=delta, logprobs=logprobs)]))
+    if later:
+        chunks.append(_preview_chunk(ctx, index, later))
     if out.finish_reason in ("stop", "length"):
         chunks.append(_chunk(ctx, [ChunkChoice(index=index, delta=Delta(), finish_reason=out.finish_reason)]))
     return chunks
+
+
+def _preview_chunk(ctx: ResponseContext, index: int, previews: list[ImagePreviewOutput]) -> str:
+    return _chunk(ctx, [ChunkChoice(index=index, delta=Delta(image_previews=previews))])
 
 
 def _error_chunk(ctx: ResponseContext, index: int, error: APIError) -> str:
@@ -346,12 +377,15 @@ async def stream_events(runs: ChoiceRuns, ctx: ResponseContext, retry_after_s: i
     try:
         for index in range(runs.n):
             yield _chunk(ctx, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+        pictures = [0] * runs.n  # sent so far, per choice
         async with contextlib.aclosing(runs.outputs()) as outputs:
             async for index, out in outputs:
                 images = await ctx.image_urls(out)
+                previews = await ctx.image_previews(out)
                 ctx.tally.add(index, out, len(images))
-                for event in _delta_chunks(ctx, index, out, images):
+                for event in _delta_chunks(ctx, index, out, images, previews, pictures[index]):
                     yield event
+                pictures[index] += len(images)
                 if out.finish_reason in ("abort", "error"):
                     await ctx.end("error")
                     yield _error_chunk(ctx, index, failure(out.finish_reason, out.error, retry_after_s))

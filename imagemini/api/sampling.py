@@ -6,7 +6,8 @@
 
 Image output: `modalities` with "image" sets SamplingParams.image_output (begin-of-image is no
 longer banned; the engine draws a whole image when the model opens one) and `guidance_scale`
-(image_config.guidance_scale, else generation_config.json, else 5); what the checkpoint draws
+(image_config.guidance_scale, else generation_config.json, else 5), and `partial_images`
+(image_config.partial_images, streams only: previews of each picture); what the checkpoint draws
 and bans is imagemini/models/image_output.py.
 
 Field ranges are checked by the pydantic models (schemas.py); what needs more than one field
@@ -91,6 +92,11 @@ def check_image_request(request: ChatCompletionRequest, image: ImageOutput) -> N
             f"image_config.aspect_ratio '{config.aspect_ratio}' is not supported by this model; "
             f"supported: {', '.join(image.aspect_ratios)} ({image.resolution}x{image.resolution} pixels)",
             param="image_config.aspect_ratio", code="unsupported_value",
+        )
+    if config.partial_images and not request.stream:
+        raise bad_request(
+            "image_config.partial_images sends previews of a picture while it is drawn: it needs stream: true",
+            param="image_config.partial_images",
         )
     if config.image_size is not None and config.image_size not in image.image_sizes:
         raise bad_request(
@@ -187,6 +193,7 @@ def choice_params(
         banned_token_ids=banned,
         image_output=drawing,
         guidance_scale=value(config.guidance_scale if config else None, image.guidance_scale),
+        partial_images=value(config.partial_images if config and drawing else None, 0),
         grammar=grammar,
         reasoning_budget=thought or None,
     )

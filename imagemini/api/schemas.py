@@ -11,7 +11,8 @@ range is declared on its field. The rule for fields this module does not declare
 
 Responses follow OpenAI's `CreateChatCompletionResponse` / `...StreamResponse`, plus
 OpenRouter's additive fields (`usage.cost`, `usage.completion_tokens_details.image_tokens`,
-`message.images` / `delta.images` with generated pictures, `message.reasoning` /
+`message.images` / `delta.images` with generated pictures, `delta.image_previews` with pictures
+being drawn, `message.reasoning` /
 `message.reasoning_details` and their `delta` twins with the thought (api/reasoning.py);
 those are left out of the JSON while they are None).
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from imagemini.engine.params import MAX_PARTIAL_IMAGES
 
 from .settings import MAX_CHOICES
 
@@ -148,6 +151,8 @@ class ImageConfig(_Request):
     aspect_ratio: str | None = None
     image_size: str | None = None
     guidance_scale: float | None = Field(None, ge=1, le=20)  # imagemini extension: classifier-free guidance
+    # OpenAI's image API's partial_images: previews of each picture as it is drawn (streams only).
+    partial_images: int | None = Field(None, ge=0, le=MAX_PARTIAL_IMAGES)
 
 
 class ChatCompletionRequest(_Request):
@@ -262,6 +267,13 @@ class ImageOutput(BaseModel):  # OpenRouter: {"type": "image_url", "image_url": 
     image_url: dict[str, str]
 
 
+class ImagePreviewOutput(ImageOutput):
+    """A picture being drawn (`image_config.partial_images`): a stream's `delta.image_previews[]`."""
+
+    index: int  # which picture of the choice's answer: 0 is the first one drawn
+    preview_index: int  # which preview of that picture: 0, 1, ...
+
+
 class ReasoningDetail(BaseModel):  # OpenRouter's reasoning_details[] item; null fields are sent as null
     type: Literal["reasoning.text"] = "reasoning.text"
     text: str
@@ -319,6 +331,7 @@ class Delta(BaseModel):
     role: Literal["assistant"] | None = Field(None, **OMIT_NONE)
     content: str | None = Field(None, **OMIT_NONE)
     images: list[ImageOutput] | None = Field(None, **OMIT_NONE)
+    image_previews: list[ImagePreviewOutput] | None = Field(None, **OMIT_NONE)
     reasoning: str | None = Field(None, **OMIT_NONE)
     reasoning_details: list[ReasoningDetail] | None = Field(None, **OMIT_NONE)
 

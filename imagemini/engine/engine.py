@@ -35,9 +35,9 @@ from .detokenizer import IncrementalDetokenizer
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .numerics import numerics_description
-from .params import SamplingParams
+from .params import SamplingParams, preview_points
 from .scheduler import Scheduler, SchedulerConfig
-from .sequence import Sequence, SequenceOutput, Status
+from .sequence import ImagePreview, Sequence, SequenceOutput, Status
 from .structured import GrammarCompiler, RowMasks
 
 ENGINE_VERSION = "0.1.0"
@@ -209,7 +209,7 @@ class Engine:
         if image:
             codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
             outputs.extend(self._advance_image(seq, int(code)) for seq, code in zip(image, codes))
-        return [o for o in outputs if o.finished or o.token_ids or o.text or o.images or o.reasoning]
+        return [o for o in outputs if o.finished or o.token_ids or o.text or o.images or o.reasoning or o.image_previews]
 
     def _row_masks(self, seqs: list[Sequence]) -> RowMasks | None:
         """This step's allowed tokens of every constrained row (thoughts, answers after them, grammars)."""
@@ -278,12 +278,22 @@ class Engine:
         if seq.cfg_partner is not None and seq.in_image:
             seq.cfg_partner.output_ids.append(self.code_offset + code)
         if seq.in_image:
+            if seq.params.partial_images:
+                self._take_preview(seq)
             return self._output(seq, [], "", [])
         seq.new_images.append(seq.current_image())
         seq.append(self.tokenizer.special.eoi)
         if len(seq.output_ids) >= seq.params.max_tokens:
             return self._finish(seq, "length", seq.detokenizer.finish(), [])
         return self._output(seq, [], "", [])
+
+    def _take_preview(self, seq: Sequence) -> None:
+        """At a preview point, a copy of the picture's codes so far; the drawing goes on unchanged."""
+        drawn = self.num_image_tokens - seq.image_tokens_left
+        points = preview_points(self.num_image_tokens, seq.params.partial_images)
+        if drawn in points:
+            picture = (seq.num_image_tokens - 1) // self.num_image_tokens
+            seq.new_previews.append(ImagePreview(picture, points.index(drawn), seq.current_image()))
 
     def fail_all(self, message: str) -> list[SequenceOutput]:
         """After an unexpected error: end every live sequence with finish_reason 'error'."""
@@ -359,10 +369,12 @@ class Engine:
         self, seq: Sequence, tokens: list[int], text: str, lps: list, error: str | None = None, reasoning: str = ""
     ) -> SequenceOutput:
         images, seq.new_images = seq.new_images, []
+        previews, seq.new_previews = seq.new_previews, []
         return SequenceOutput(
             reasoning=reasoning,
             num_reasoning_tokens=seq.num_reasoning_tokens,
             images=images,
+            image_previews=previews,
             num_image_tokens=seq.num_image_tokens,
             request_id=seq.request_id,
             token_ids=tokens,

@@ -13,6 +13,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .structured import Grammar
 
+MAX_PARTIAL_IMAGES = 3  # previews per picture, as OpenAI's image API allows
+
+
+def preview_points(num_codes: int, partial_images: int) -> tuple[int, ...]:
+    """After how many of a picture's `num_codes` codes each of its `partial_images` previews is
+    taken: evenly spaced, none at the start or the end (the picture itself)."""
+    return tuple(num_codes * k // (partial_images + 1) for k in range(1, partial_images + 1))
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -30,6 +38,9 @@ class SamplingParams:
     banned_token_ids: tuple[int, ...] = ()  # never sampled (e.g. begin-of-image in text-only mode)
     image_output: bool = False  # begin-of-image starts an image of the checkpoint's code count
     guidance_scale: float = 5.0  # classifier-free guidance for image codes (1 = none)
+    # Previews of each picture: its codes so far, this many times, evenly spaced over its codes
+    # (SequenceOutput.image_previews). They are copies: the codes drawn are the same without them.
+    partial_images: int = 0
     # Structured output (structured.py): the answer must match this compiled grammar. The engine
     # masks every other token, and ends the answer ("stop") as soon as the grammar is complete.
     grammar: "Grammar | None" = None
@@ -57,6 +68,8 @@ class SamplingParams:
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.seed is None or isinstance(self.seed, int), "seed must be an integer")
         need(math.isfinite(self.guidance_scale) and 1.0 <= self.guidance_scale <= 20.0, "guidance_scale must be in [1, 20]")
+        need(isinstance(self.partial_images, int) and 0 <= self.partial_images <= MAX_PARTIAL_IMAGES,
+             f"partial_images must be an integer in [0, {MAX_PARTIAL_IMAGES}]")
         budget = self.reasoning_budget
         need(budget is None or (isinstance(budget, int) and budget >= 0), "reasoning_budget must be an integer >= 0")
         need(not budget or budget < self.max_tokens, "reasoning_budget must leave the answer at least one of max_tokens")

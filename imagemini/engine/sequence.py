@@ -35,6 +35,15 @@ class TokenLogprob:
 
 
 @dataclass
+class ImagePreview:
+    """A picture being drawn, as far as it is drawn (SamplingParams.partial_images)."""
+
+    picture: int  # which picture of the answer: 0 is the first one drawn
+    number: int  # which preview of that picture: 0, 1, ...
+    codes: list[int]  # the codes drawn so far, in drawing order
+
+
+@dataclass
 class SequenceOutput:
     """What one engine step produced for one sequence (a delta)."""
 
@@ -51,6 +60,7 @@ class SequenceOutput:
     num_image_tokens: int = 0  # image codes generated so far (part of num_output_tokens)
     reasoning: str = ""  # text of the thought released in this delta
     num_reasoning_tokens: int = 0  # thought tokens so far, closing delimiter included (part of num_output_tokens)
+    image_previews: list[ImagePreview] = field(default_factory=list)  # taken in this delta, in order
 
     def merge(self, later: "SequenceOutput") -> "SequenceOutput":
         """One delta saying what this one and the `later` one say together."""
@@ -68,6 +78,7 @@ class SequenceOutput:
             num_image_tokens=later.num_image_tokens,
             reasoning=self.reasoning + later.reasoning,
             num_reasoning_tokens=later.num_reasoning_tokens,
+            image_previews=self.image_previews + later.image_previews,
         )
 
 
@@ -90,6 +101,7 @@ class Sequence:
     image_tokens_left: int = 0  # > 0 while an image is being drawn
     cfg_partner: "Sequence | None" = None  # the unconditional row of classifier-free guidance
     new_images: list[list[int]] = field(default_factory=list)
+    new_previews: list[ImagePreview] = field(default_factory=list)
     num_image_tokens: int = 0
     # Thinking: the completion opens with a thought when params.reasoning_budget > 0.
     thought: IncrementalDetokenizer | None = None  # the thought's text (no stop strings)

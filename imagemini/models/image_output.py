@@ -6,6 +6,7 @@ all draw through this module, so they start and sample images the same way.
     prompt_ids + list(image.start_ids)          # the answer starts with an image
     SamplingParams(..., image_output=True, banned_token_ids=image.banned_ids(drawing=True))
     ImageWriter(model).png(codes)               # one image's codes -> PNG bytes
+    ImageWriter(model).preview_png(codes[:k])   # a picture drawn up to its k-th code -> PNG bytes
 
 Defaults come from the checkpoint's generation_config.json: guidance_scale, temperature and top_p
 (image sampling), and imagemini's own image_start_after_prompt (bool: every image request starts
@@ -22,6 +23,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from .config import JanusConfig
@@ -119,6 +121,30 @@ def image_start_ids(tokenizer: Tokenizer, prefix: str | None = None) -> list[int
     return tokenizer.encode(prefix) + [boi] if prefix else [boi]
 
 
+PREVIEW_GREY = 128  # the value of every channel where a preview's picture is not drawn yet
+
+
+def preview_codes(codes: list[int], side: int) -> list[int]:
+    """The whole grid a preview decodes: the codes drawn so far (row by row), each place not drawn
+    yet taking the code above it (in the first row: the last code drawn). The decoder's attention
+    lets every code shape every pixel, so what fills the rest shows in the drawn part too: a
+    continuation of the drawn rows keeps them closest to the finished picture's."""
+    grid = list(codes)
+    for place in range(len(codes), side * side):
+        grid.append(grid[place - side] if place >= side else codes[-1])
+    return grid
+
+
+def grey_undrawn(pixels: torch.Tensor, drawn: int, side: int) -> torch.Tensor:
+    """uint8 pixels [S, S, 3] of a `side`x`side` code grid with the places from `drawn` on greyed out."""
+    patch = pixels.shape[0] // side
+    rows, in_row = divmod(drawn, side)
+    pixels = pixels.clone()
+    pixels[rows * patch : (rows + 1) * patch, in_row * patch :] = PREVIEW_GREY
+    pixels[(rows + 1) * patch :] = PREVIEW_GREY
+    return pixels
+
+
 class ImageWriter:
     """Code grids -> PNG (the VQ decoder; one image per call, so the same codes give the same bytes)."""
 
@@ -126,10 +152,25 @@ class ImageWriter:
         self.model = model
 
     def png(self, codes: list[int]) -> bytes:
-        pixels = self.model.decode_image_pixels(codes).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
-        return buffer.getvalue()
+        return _png(self.model.decode_image_pixels(codes))
+
+    def preview_png(self, codes: list[int]) -> bytes:
+        """A picture drawn up to len(codes) codes: `preview_codes` decoded, what is not drawn yet grey."""
+        side = self.model.cfg.vq.num_patches
+        return _png(grey_undrawn(self.model.decode_image_pixels(preview_codes(codes, side)), len(codes), side))
 
     def png_data_url(self, codes: list[int]) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png(codes)).decode("ascii")
+        return _data_url(self.png(codes))
+
+    def preview_png_data_url(self, codes: list[int]) -> str:
+        return _data_url(self.preview_png(codes))
+
+
+def _png(pixels: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy(), "RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

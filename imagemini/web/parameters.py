@@ -49,6 +49,8 @@ EFFECTS: dict[str, tuple[str, str]] = {
     "image_config.aspect_ratio": ('"1:1"', "The picture's shape; this model draws squares."),
     "image_config.image_size": ('"1K"', "The picture's size; 1K is the model's native size."),
     "image_config.guidance_scale": ("{guidance_scale}", "Classifier-free guidance of the drawing (1 is none)."),
+    "image_config.partial_images": ("0", "Streams only: previews of each picture while it is drawn, in "
+                                    "delta.image_previews (the part not drawn yet is grey)."),
     "response_format": ("text", "json_object, or json_schema: the answer is decoded under the schema's grammar."),
     "structured_outputs": ("none", "Accepted for OpenRouter clients; response_format does the work."),
     "reasoning": ("none", "Think first, within a token budget, before answering."),

@@ -91,3 +91,29 @@ def test_seeded_images_are_identical_alone_and_under_load(tiny_checkpoint):
     together = engine.generate(prompts + [p for p, _ in load], image_params + [sp for _, sp in load])
     assert [r["images"] for r in together[:3]] == alone
     assert len({tuple(a[0]) for a in alone}) == 3
+
+
+def test_previews_are_each_pictures_first_codes_and_change_nothing(engine):
+    """partial_images: evenly spaced copies of the codes drawn so far, per picture, in order; the
+    answer is the same as without them."""
+    tok, n = engine.tokenizer, engine.num_image_tokens
+    prompt = draw_prompt(engine)[:-1]
+    base = dict(max_tokens=2 * (n + 2) + 3, logit_bias={tok.special.boi: 100.0}, image_output=True, seed=4)
+    plain = engine.generate([prompt], SamplingParams(**base))[0]
+    request_id = engine.add_request(prompt, SamplingParams(**base, partial_images=3))
+    previews, images, token_ids = [], [], []
+    while engine.has_work():
+        for out in engine.step():
+            assert out.request_id == request_id
+            previews += out.image_previews
+            images += out.images
+            token_ids += out.token_ids
+    assert images == plain["images"] and token_ids == plain["token_ids"] and len(images) == 2
+    assert [(p.picture, p.number) for p in previews] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for p in previews:
+        assert p.codes == images[p.picture][: n * (p.number + 1) // 4]
+
+
+def test_partial_images_is_zero_to_three():
+    with pytest.raises(ValueError, match="partial_images"):
+        SamplingParams(partial_images=4)

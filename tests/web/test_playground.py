@@ -87,6 +87,38 @@ def test_a_drawn_picture_is_a_png_image_at_400_px(browser, web_server, script_er
     assert script_errors.unexpected() == []
 
 
+def test_previews_show_in_place_of_the_picture_until_it_is_done(page, web_server):
+    open_playground(page, web_server, seed="3", modalities="image", max_tokens="70")
+    page.evaluate("""() => {
+        // What the picture's place was given, in order ("preview URL" / "picture URL"), read from
+        // the mutation records: a preview replaced within one batch still shows in them.
+        window.shown = [];
+        new MutationObserver((records) => {
+            for (const record of records) {
+                const nodes = record.type === 'attributes' ? [record.target] : [...record.addedNodes];
+                const imgs = nodes.filter((n) => n.nodeType === 1)
+                    .flatMap((n) => [...(n.matches('img') ? [n] : []), ...n.querySelectorAll('img')]);
+                for (const img of imgs) {
+                    if (!img.closest('.picture') || !img.getAttribute('src')) continue;
+                    const seen = (img.closest('.preview') ? 'preview ' : 'picture ') + img.getAttribute('src');
+                    if (!window.shown.includes(seen)) window.shown.push(seen);
+                }
+            }
+        }).observe(document.getElementById('chat'), {subtree: true, childList: true, attributes: true,
+                                                      attributeFilter: ['src']});
+    }""")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        send(page, "Draw something.")
+    wait_done(page)
+    assert sent.value.post_data_json["image_config"] == {"partial_images": 3}
+    assert last_answer(page).get_attribute("data-preview-renders") == "3"
+    kinds = [seen.split(" ")[0] for seen in page.evaluate("window.shown")]
+    assert "preview" in kinds and kinds[-1] == "picture" and kinds.index("picture") > kinds.index("preview")
+    assert all(seen.split(" ")[1].startswith("data:image/png;base64,") for seen in page.evaluate("window.shown"))
+    assert last_answer(page).locator(".pictures img").count() == 1
+    assert last_answer(page).locator(".pictures .preview").count() == 0
+
+
 def test_an_attached_image_and_pdf_reach_the_server(page, web_server):
     picture, pdf = pattern_png(7), make_pdf(["The quarterly report."])
     open_playground(page, web_server, max_tokens="4")

@@ -19,6 +19,7 @@
   const apiKey = byId("api-key");
   const viewer = byId("viewer");
   const KEY_STORAGE = "imagemini.apiKey";
+  const PREVIEWS = 3; // image_config.partial_images: previews of each picture while it is drawn
 
   const history = []; // messages sent and received, as the API takes and returns them
   let pending = []; // attachments of the next message: {name, type, url}
@@ -147,7 +148,10 @@
                       seed: numberOption("seed"), max_tokens: numberOption("max_tokens") };
     for (const [name, value] of Object.entries(options)) if (value !== undefined) body[name] = value;
     const modalities = byId("modalities");
-    if (modalities && modalities.value !== "text") body.modalities = modalities.value.split(",");
+    if (modalities && modalities.value !== "text") {
+      body.modalities = modalities.value.split(",");
+      body.image_config = { partial_images: PREVIEWS };
+    }
     const effort = byId("effort");
     if (effort && effort.value) body.reasoning = { effort: effort.value };
     const schema = byId("schema").value.trim();
@@ -198,6 +202,15 @@
     download.href = url;
     download.download = `imagemini-${pictureCount}.png`;
     figure.append(open, download);
+    return figure;
+  }
+
+  // A picture being drawn: shown where the picture will be, replaced by it when it is done.
+  function previewFigure() {
+    const figure = element("div", "picture preview");
+    const img = element("img");
+    img.alt = "A picture being drawn (grey: not drawn yet)";
+    figure.append(img);
     return figure;
   }
 
@@ -257,6 +270,15 @@
     chat.append(node);
     let reasoningText = null;
     let pictures = null;
+    const previews = new Map(); // picture index -> its preview's figure, until the picture comes
+    node.dataset.previewRenders = "0"; // previews shown so far: what tests read instead of timing
+    function picturesBox() {
+      if (!pictures) {
+        pictures = element("div", "pictures");
+        node.insertBefore(pictures, status);
+      }
+      return pictures;
+    }
     const turn = {
       node: node,
       content: "",
@@ -277,13 +299,27 @@
         reasoningText.textContent = turn.reasoning;
       },
       addImages(images) {
-        if (!pictures) {
-          pictures = element("div", "pictures");
-          node.insertBefore(pictures, status);
-        }
+        const box = picturesBox();
         for (const image of images) {
+          const figure = pictureFigure(image.image_url.url);
+          const preview = previews.get(turn.images.length);
+          if (preview) preview.replaceWith(figure);
+          else box.append(figure);
+          previews.delete(turn.images.length);
           turn.images.push(image);
-          pictures.append(pictureFigure(image.image_url.url));
+        }
+      },
+      showPreviews(items) {
+        const box = picturesBox();
+        for (const item of items) {
+          let figure = previews.get(item.index);
+          if (!figure) {
+            figure = previewFigure();
+            previews.set(item.index, figure);
+            box.append(figure);
+          }
+          figure.querySelector("img").src = item.image_url.url;
+          node.dataset.previewRenders = String(Number(node.dataset.previewRenders) + 1);
         }
       },
       setUsage(usage) {
@@ -317,6 +353,7 @@
       const delta = choice.delta || {};
       if (delta.reasoning) turn.addReasoning(delta.reasoning);
       if (delta.content) turn.addText(delta.content);
+      if (delta.image_previews) turn.showPreviews(delta.image_previews);
       if (delta.images) turn.addImages(delta.images);
       if (choice.finish_reason === "length") turn.cutShort = true;
     }
