@@ -60,7 +60,7 @@ def _engine_config(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from imagemini.api.replicas import check_replica_arguments, serve_replicas
+    from imagemini.api.replicas import check_replica_arguments, forward_replica_logs, serve_replicas
     from imagemini.api.server import create_app, serve
     from imagemini.api.settings import ServerSettings
 
@@ -71,6 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     configure_logging(args.log_format)  # before the engine process starts: it follows the choice
     url = store_url(args, create=False)
+    if args.replicas is not None:
+        forward_replica_logs(args.log_format)
     check_replica_arguments(args, url)
     check_serving_rule(args.host, args.port, url, args.api_key, args.no_auth)
     settings = ServerSettings.from_env()

@@ -1,6 +1,6 @@
 """One access-log line per HTTP request, and the request's id in an `X-Request-Id` header.
 
-    app.add_middleware(AccessLog, metrics=state.metrics)      # server.py
+    app.add_middleware(AccessLog, metrics=state.metrics, replica="0")      # server.py
 
 The line is written when the response has ended: after a JSON body, after a stream's last event,
 when the client went away mid-stream (`client_closed`), or when the app raised. It goes to the
@@ -8,7 +8,8 @@ logger `imagemini.access` with the message "request" and these fields (imagemini
 them as `key=value` pairs after the message with `--log-format text`, as members of the line's
 JSON object with `--log-format json`):
 
-    request_id, method, path, status, key (the key's label, never the key), error_code,
+    request_id, replica (as the metrics' `replica` label: metrics.py), method, path, status,
+    key (the key's label, never the key), error_code,
     latency_s (request in to response ended), client_closed,
     and for chat completions: model, completion_id, stream, finish_reason (choice 0's; none when
     the client went away first),
@@ -32,7 +33,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .completions import ResponseContext, usage
-from .metrics import Metrics
+from .metrics import LONE_REPLICA, Metrics
 
 log = logging.getLogger("imagemini.access")
 HEADER = b"x-request-id"
@@ -62,9 +63,10 @@ def handler(scope: Scope) -> str:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, replica: str = LONE_REPLICA) -> None:
         self.app = app
         self.metrics = metrics
+        self.replica = replica
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,15 +92,17 @@ class AccessLog:
         finally:
             if self.metrics is not None:
                 self.metrics.http_response(handler(scope), response["status"])
-            fields = access_fields(scope, state, rid, response, started)
+            fields = access_fields(scope, state, rid, self.replica, response, started)
             log.info("request", extra={"fields": fields})
 
 
-def access_fields(scope: Scope, state: dict[str, Any], rid: str, response: dict[str, Any], started: float) -> dict[str, Any]:
+def access_fields(scope: Scope, state: dict[str, Any], rid: str, replica: str, response: dict[str, Any],
+                  started: float) -> dict[str, Any]:
     ended = time.monotonic()
     principal = state.get("principal")
     fields: dict[str, Any] = {
         "request_id": rid,
+        "replica": replica,
         "method": scope["method"],
         "path": scope["path"],
         "status": response["status"],

@@ -1,7 +1,7 @@
 """Prometheus metrics of the server, served at GET /metrics (routes.py), in vLLM's names and
-meanings under the `imagemini:` prefix, each with a `model_name` label.
+meanings under the `imagemini:` prefix, each with a `model_name` and a `replica` label.
 
-    metrics = Metrics(card.id, engine, encoder_cache)   # state.py builds it; AsyncEngine reports to it
+    metrics = Metrics(card.id, engine, encoder_cache, replica)   # state.py builds it; AsyncEngine reports to it
     timer = metrics.engine_request()                    # completions.py: one per choice (engine request)
     timer.output(sequence_output) ... timer.close()
     metrics.render()                                    # the text exposition format
@@ -12,6 +12,11 @@ now also how long each request it admitted had waited; everything else is seen i
 which reads every delta of every request. prometheus-client's multiprocess mode (a directory of
 mmap files, merged at each scrape, cleaned up at start) would add moving parts for figures the
 pipe already carries.
+
+`replica`: Ray Serve's replica id under `imagemini serve --replicas N` (ray_app.py), LONE_REPLICA
+for a lone server. Behind Ray's proxy each scrape of /metrics reaches one replica; the label keeps
+each replica's counters a series of their own, so that Prometheus sees N counters that only grow
+(`sum by` adds them up) instead of one that jumps between replicas' values and reads as resets.
 
 What each series means (README.md of api/ lists them with the access log):
 - gauges, read at scrape time: num_requests_running, num_requests_waiting (as of the engine's last
@@ -48,10 +53,17 @@ if TYPE_CHECKING:
     from .encoder import EncoderCache
 
 PREFIX = "imagemini:"
+IDENTITY_LABELS = ("model_name", "replica")  # on every series
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: a first token on this CPU takes tens of milliseconds to tens of seconds under load.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+LONE_REPLICA = "0"  # the `replica` label of a server that is not one of several
 STEP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+def replica_label(replica: str | None) -> str:
+    """The `replica` of metrics and access-log lines: the replica's id, LONE_REPLICA for a lone server."""
+    return LONE_REPLICA if replica is None else replica
 
 
 def token_buckets(largest: int) -> tuple[int, ...]:
@@ -65,21 +77,22 @@ def token_buckets(largest: int) -> tuple[int, ...]:
 
 
 class Metrics:
-    def __init__(self, model_name: str, engine: "AsyncEngine", encoder_cache: "EncoderCache | None") -> None:
+    def __init__(self, model_name: str, engine: "AsyncEngine", encoder_cache: "EncoderCache | None",
+                 replica: str = LONE_REPLICA) -> None:
         self.registry = CollectorRegistry()
-        self.model_name = model_name
-        labels, registry = ["model_name"], self.registry
+        self.identity = (model_name, replica)  # the values of IDENTITY_LABELS
+        labels, registry, identity = list(IDENTITY_LABELS), self.registry, self.identity
 
         def counter(name: str, doc: str, *extra: str) -> Counter:
             return Counter(PREFIX + name, doc, labels + list(extra), registry=registry)
 
         def histogram(name: str, doc: str, buckets: tuple) -> Histogram:
-            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=registry).labels(model_name)
+            return Histogram(PREFIX + name, doc, labels, buckets=buckets, registry=registry).labels(*identity)
 
-        self.prompt_tokens = counter("prompt_tokens", "Number of prefill tokens processed.").labels(model_name)
-        self.generation_tokens = counter("generation_tokens", "Number of generation tokens processed (image codes included).").labels(model_name)
-        self.image_tokens = counter("generation_image_tokens", "Image codes generated (part of generation_tokens).").labels(model_name)
-        self.images = counter("generated_images", "Images generated (complete code grids).").labels(model_name)
+        self.prompt_tokens = counter("prompt_tokens", "Number of prefill tokens processed.").labels(*identity)
+        self.generation_tokens = counter("generation_tokens", "Number of generation tokens processed (image codes included).").labels(*identity)
+        self.image_tokens = counter("generation_image_tokens", "Image codes generated (part of generation_tokens).").labels(*identity)
+        self.images = counter("generated_images", "Images generated (complete code grids).").labels(*identity)
         self.request_success = counter("request_success", "Count of processed engine requests, by how they finished.", "finished_reason")
         self.http_responses = counter("http_responses", "HTTP responses sent, by route and status code.", "handler", "code")
         self.limit_rejections = counter("limit_rejections", "Requests refused by a key's credit (402) or rate (429) limit.", "reason")
@@ -90,7 +103,7 @@ class Metrics:
         context = engine.limits.context_length
         self.request_prompt_tokens = histogram("request_prompt_tokens", "Number of prefill tokens processed.", token_buckets(context))
         self.request_generation_tokens = histogram("request_generation_tokens", "Number of generation tokens processed.", token_buckets(context))
-        registry.register(LiveFigures(model_name, engine, encoder_cache))
+        registry.register(LiveFigures(identity, engine, encoder_cache))
         engine.on_stats = self.engine_stats
 
     def engine_request(self) -> "RequestTimer":
@@ -102,7 +115,7 @@ class Metrics:
 
     def http_response(self, handler: str, status: int) -> None:
         """`handler`: the route's path template (a bounded set), "other" for unknown paths."""
-        self.http_responses.labels(self.model_name, handler, str(status)).inc()
+        self.http_responses.labels(*self.identity, handler, str(status)).inc()
 
     def limit_refused(self, error: APIError) -> None:
         """Count a refusal of Access.admit when a limit made it (a 403 is not one)."""
@@ -112,7 +125,7 @@ class Metrics:
             reason = f"{error.type}_per_minute"  # the error's type is "requests" or "tokens" (access.py)
         else:
             return
-        self.limit_rejections.labels(self.model_name, reason).inc()
+        self.limit_rejections.labels(*self.identity, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -159,7 +172,7 @@ class RequestTimer:
     def _finish(self, reason: str) -> None:
         m = self.metrics
         self.finished = True
-        m.request_success.labels(m.model_name, reason).inc()
+        m.request_success.labels(*m.identity, reason).inc()
         m.e2e.observe(time.monotonic() - self.arrived)
         m.request_prompt_tokens.observe(self.prompt_tokens)
         m.request_generation_tokens.observe(self.generated)
@@ -168,8 +181,8 @@ class RequestTimer:
 class LiveFigures(Collector):
     """What is read at scrape time: the engine's last reported load, the encoder cache's tallies."""
 
-    def __init__(self, model_name: str, engine: "AsyncEngine", encoder_cache: "EncoderCache | None") -> None:
-        self.model_name = model_name
+    def __init__(self, identity: tuple[str, str], engine: "AsyncEngine", encoder_cache: "EncoderCache | None") -> None:
+        self.identity = identity
         self.engine = engine
         self.encoder_cache = encoder_cache
 
@@ -186,11 +199,11 @@ class LiveFigures(Collector):
         # prefix_cache_queries and prefix_cache_hits, in tokens (vLLM's meaning).
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
-        family.add_metric([self.model_name], value)
+        family = GaugeMetricFamily(PREFIX + name, doc, labels=list(IDENTITY_LABELS))
+        family.add_metric(list(self.identity), value)
         return family
 
     def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
-        family = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
-        family.add_metric([self.model_name], value)
+        family = CounterMetricFamily(PREFIX + name, doc, labels=list(IDENTITY_LABELS))
+        family.add_metric(list(self.identity), value)
         return family

@@ -13,7 +13,13 @@ seeded request gives the same bytes and the same `system_fingerprint` on any of 
 engine's thread count is not part of either: api/README.md, `seed`).
 
 Each response names its replica in `X-Imagemini-Replica` (Ray's replica id); the same id is
-`app.state.server.replica` for anything else that needs it (a metrics label, a log field).
+`app.state.server.replica`, the `replica` label of its metrics and the `replica` field of its
+access-log lines. Each replica writes its log lines in `log_format` (imagemini/logs.py); Ray
+Serve's own access log is off, as uvicorn's is for a lone server: ours says more.
+
+Ray checks each replica's health every HEALTH_CHECK_PERIOD_S (`check_health`): a replica whose
+engine process died answers 500 to the requests it was running and 503 to new ones until Ray
+replaces it.
 
 Ray schedules `engine_threads` CPUs per replica: replicas on one machine share its cores.
 """
@@ -34,6 +40,8 @@ REPLICA_HEADER = "X-Imagemini-Replica"
 # Requests a replica takes beyond the engine's `max_pending` (health checks, the key API, the page):
 # Ray queues only past this, so a full engine queue is the replica's own 503 with Retry-After.
 ROUTE_HEADROOM = 32
+# Ray's default is 10 s; a replica without an engine refuses every request it is given meanwhile.
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
 class ImageminiArgs(BaseModel):
@@ -52,6 +60,7 @@ class ImageminiArgs(BaseModel):
     api_keys: list[str] = []
     database_url: str | None = None  # the shared store (keys, limits, ledger); None: none
     settings: dict[str, Any] = {}  # ServerSettings fields; unset ones from IMAGEMINI_* (settings.py)
+    log_format: Literal["text", "json"] = "text"  # imagemini/logs.py
     replicas: int = Field(1, ge=1)  # with autoscaling: the initial count
     min_replicas: int | None = Field(None, ge=0)
     max_replicas: int | None = Field(None, ge=1)
@@ -112,19 +121,21 @@ def _create_replica_app(args: ImageminiArgs, replica: str) -> FastAPI:
     from imagemini.cli import default_model_dir
     from imagemini.engine.engine import EngineConfig
     from imagemini.engine.scheduler import SchedulerConfig
+    from imagemini.logs import configure_logging
     from imagemini.store.clock import clock_from_env
     from imagemini.store.store import Store, database_url
 
     from .server import create_app
     from .settings import ServerSettings
 
+    configure_logging(args.log_format)  # before the engine process starts: it follows the choice
     settings = replace(ServerSettings.from_env(), **args.settings)
     config = EngineConfig(dtype=args.dtype, kv_budget_tokens=args.kv_budget_tokens,
                           scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs))
     store = Store(database_url(url=args.database_url), clock_from_env()) if args.database_url else None
     app = create_app(Path(args.model) if args.model else default_model_dir(), config, args.max_pending,
-                     args.api_keys or None, settings=settings, engine_threads=args.engine_threads, store=store)
-    app.state.server.replica = replica
+                     args.api_keys or None, settings=settings, engine_threads=args.engine_threads, store=store,
+                     replica=replica)
     app.add_middleware(ReplicaHeader, replica=replica)
     return app
 
@@ -140,6 +151,8 @@ def build(args: ImageminiArgs) -> Application:
         max_ongoing_requests=args.max_pending + ROUTE_HEADROOM,
         # Ray waits this long for a stopping replica, whose own drain takes up to the grace period.
         graceful_shutdown_timeout_s=grace + 10.0,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        logging_config={"enable_access_log": False},
         **({"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": args.replicas}),
     )
     return deployment.bind(args)

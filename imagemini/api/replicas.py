@@ -70,6 +70,17 @@ def check_replica_arguments(args: argparse.Namespace, store: str | None) -> None
         sys.exit(RAY_MISSING)
 
 
+def forward_replica_logs(log_format: str) -> None:
+    """How Ray relays the replicas' log lines to this process's stderr; before Ray is imported,
+    which reads these variables once. Every line is kept: Ray would otherwise fold lines that
+    differ only in numbers and ids, as access-log lines of several replicas do, into one
+    "[repeated Nx]". With JSON lines, Ray's "(ServeReplica... pid=N)" prefix is left off, so
+    that each line stays one JSON object (it carries its `replica`: api/access_log.py)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if log_format == "json":
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+
+
 def default_engine_threads(args: argparse.Namespace) -> int:
     """This machine's cores divided among the replicas that may run, less one for HTTP."""
     most = args.max_replicas or args.replicas
@@ -88,7 +99,7 @@ def serve_replicas(args: argparse.Namespace, settings: ServerSettings, store: st
         model=str(args.model.resolve()) if args.model else None, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         kv_budget_tokens=args.kv_budget_tokens, max_pending=args.max_pending,
         engine_threads=args.engine_threads or default_engine_threads(args), api_keys=args.api_key or [],
-        database_url=store, settings=asdict(settings), replicas=args.replicas, min_replicas=args.min_replicas,
+        database_url=store, settings=asdict(settings), log_format=args.log_format, replicas=args.replicas, min_replicas=args.min_replicas,
         max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
     )
     application = build(app_args)  # refuses bad replica counts before Ray starts

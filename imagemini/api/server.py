@@ -41,6 +41,7 @@ from imagemini.logs import uvicorn_log_config
 
 from . import errors, openapi
 from .access_log import AccessLog
+from .metrics import replica_label
 from .platform import platform_router
 from .routes import api_router, health_router
 from .settings import ServerSettings
@@ -58,12 +59,14 @@ def create_app(
     settings: ServerSettings | None = None,
     engine_threads: int | None = None,
     store: Store | None = None,
+    replica: str | None = None,
 ) -> FastAPI:
     """Starts the engine process (`engine_threads` torch threads) and waits until it is ready.
-    With a `store`: keys, limits and the ledger (migrated at start-up)."""
+    With a `store`: keys, limits and the ledger (migrated at start-up). `replica`: this app's id
+    among several serving one model (ray_app.py), None for a lone server."""
     settings = settings or ServerSettings.from_env()
     engine = AsyncEngine(model_dir, config, max_pending=max_pending, threads=engine_threads)
-    state = ServerState.build(Path(model_dir), engine, settings, api_keys, store)
+    state = ServerState.build(Path(model_dir), engine, settings, api_keys, store, replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +83,7 @@ def create_app(
     app.state.server = state
     app.state.model_dir = Path(model_dir)
     errors.install(app)
-    app.add_middleware(AccessLog, metrics=state.metrics)
+    app.add_middleware(AccessLog, metrics=state.metrics, replica=replica_label(replica))
     openapi.install(app)  # the whole contract at /openapi.json (openapi.py)
     app.include_router(api_router, prefix="/v1")
     app.include_router(api_router, prefix="/api/v1", include_in_schema=False)  # same routes, documented once

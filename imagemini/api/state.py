@@ -35,7 +35,7 @@ from .chat import PromptEncoder
 from .encoder import EncoderCache, VisionEncoder
 from .errors import overloaded
 from .media import InputImage, MediaReader
-from .metrics import Metrics
+from .metrics import Metrics, replica_label
 from .model_card import LoadedCard, load_card
 from .reasoning import card_thinks, thinking_supported
 from .sampling import Limits
@@ -57,8 +57,8 @@ class ServerState:
     writer: ImageWriter | None = None
     metrics: Metrics | None = None  # GET /metrics (metrics.py)
     draining: bool = False
-    # Which replica this process is when several serve one model (Ray Serve: ray_app.py sets its
-    # replica id); None for a lone server. Per-replica labels (metrics, logs) read it here.
+    # Which replica this process is when several serve one model (Ray Serve: ray_app.py gives its
+    # replica id); None for a lone server. Metrics and access-log lines carry `replica_label(replica)`.
     replica: str | None = None
     # Reading media (base64, downloads, PDFs) and encoding images run in worker threads; these
     # bound how many requests do each at once (downloads wait on the network, not the CPU).
@@ -68,7 +68,8 @@ class ServerState:
 
     @classmethod
     def build(
-        cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None, store: Store | None = None
+        cls, model_dir: Path, engine: AsyncEngine, settings: ServerSettings, api_keys: list[str] | None,
+        store: Store | None = None, replica: str | None = None,
     ) -> "ServerState":
         """The API's model parts (tokenizer, grammar compiler, the model's image encoder and decoder)
         are the ones the engine loaded in this process (async_engine.py: EngineFrontend); they are
@@ -101,7 +102,8 @@ class ServerState:
             ),
             vision=vision,
             writer=ImageWriter(model),
-            metrics=Metrics(card.id, engine, vision.cache),
+            metrics=Metrics(card.id, engine, vision.cache, replica_label(replica)),
+            replica=replica,
         )
 
     @property

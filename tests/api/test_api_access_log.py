@@ -66,7 +66,7 @@ def test_each_request_has_one_line_that_agrees_with_its_response(server, http, m
 
     for response, usage, stream in ((echoed, echoed.json()["usage"], False), (streamed, stream_usage, True)):
         (line,) = access_lines(server, response.headers["x-request-id"])
-        assert line["status"] == 200 and line["path"] == CHAT and line["method"] == "POST"
+        assert line["status"] == 200 and line["path"] == CHAT and line["method"] == "POST" and line["replica"] == "0"
         assert line["key"] == "--api-key" and line["model"] == model and line["stream"] is stream
         assert line["finish_reason"] == "length" and line["client_closed"] is False
         assert (line["prompt_tokens"], line["completion_tokens"], line["image_tokens"]) == (

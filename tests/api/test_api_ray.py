@@ -4,8 +4,10 @@ One cluster for the module (`--replicas 2 --max-pending 1` on the tiny checkpoin
 context, `long_checkpoint`), its keys and ledger in one store that both replicas share:
 PostgreSQL when IMAGEMINI_TEST_POSTGRES_URL is set (.ci/run starts one with .ci/postgres), else
 a SQLite file, which replicas on one machine share safely. Every response names its replica in
-X-Imagemini-Replica, so the tests can show that both answered. Without Ray installed the cluster
-tests are skipped; the command-line checks run either way.
+X-Imagemini-Replica, so the tests can show that both answered; the server logs JSON lines
+(`--log-format json`), which the replicas follow. The last cluster test kills one replica's
+engine process under load and waits for Ray to replace the replica. Without Ray installed the
+cluster tests are skipped; the command-line checks run either way.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from apitest import REPO, sse_data
+from metricstest import samples_of, value
 
 from imagemini.cli import main
 from imagemini.models.tokenizer import Tokenizer
@@ -66,8 +71,11 @@ def server(ray_serve, start_server, long_checkpoint, store_args, admin):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    with start_server(long_checkpoint, "--replicas", "2", "--max-pending", "1", *store_args, env=env) as s:
+    started = time.monotonic()
+    with start_server(long_checkpoint, "--replicas", "2", "--max-pending", "1", "--log-format", "json",
+                      *store_args, env=env) as s:
         _wait_for_log(s, "ready: 2 replicas")  # /health answers once ONE replica is up
+        s.start_s = time.monotonic() - started  # Ray and both replicas: a yardstick for a replica's restart
         yield s
 
 
@@ -183,6 +191,145 @@ def test_a_full_replica_answers_503_and_a_disconnect_frees_it(server, http, user
             idle.add(health.headers[REPLICA])
         time.sleep(0.05)
     assert len(idle) == 2, "both replicas freed by the abort, not by finishing"
+
+
+def _replicas_answering(server, path: str, headers: dict[str, str], want: int = 2, tries: int = 40) -> dict[str, httpx.Response]:
+    """GET `path` until `want` replicas have answered (Ray spreads requests at random): replica -> response."""
+    answers: dict[str, httpx.Response] = {}
+    for _ in range(tries):
+        response = httpx.get(server.url + path, headers=headers, timeout=30)
+        answers[response.headers[REPLICA]] = response
+        if len(answers) == want:
+            break
+    return answers
+
+
+def test_metrics_and_access_log_lines_name_the_replica_that_answered(server, user, admin, model):
+    answers = _replicas_answering(server, "/metrics", bearer(admin))
+    assert len(answers) == 2
+    for replica, response in answers.items():
+        assert response.status_code == 200
+        samples = samples_of(response.text, replica)  # every series labelled with the replica that answered
+        assert value(samples, "imagemini:http_responses_total", handler="/metrics", code="200") >= 0
+    chat = httpx.post(f"{server.url}/v1/chat/completions", headers=bearer(user) | {"X-Request-Id": "ray-log-line"},
+                      json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}, timeout=30)
+    assert chat.status_code == 200
+    deadline = time.monotonic() + 30  # the replica's line reaches this log through Ray's log monitor
+    while not (lines := _access_lines(server, "ray-log-line")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (line,) = lines  # a plain JSON line: no Ray prefix, not folded with other replicas' lines
+    assert line["replica"] == chat.headers[REPLICA] and line["completion_id"] == chat.json()["id"]
+
+
+def _access_lines(server, request_id: str) -> list[dict]:
+    records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    return [r for r in records if r.get("logger") == "imagemini.access" and r.get("request_id") == request_id]
+
+
+def _engine_pids(root: int) -> list[int]:
+    """The engine processes under the server's process tree (multiprocessing's spawned children
+    of the replicas), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1]) if entry.name.isdigit() else None
+        except OSError:
+            continue
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    engines, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                engines.append(pid)
+        except OSError:
+            continue
+    return engines
+
+
+class Load:
+    """`workers` threads sending `body` until stopped; each answer kept as (status, JSON body),
+    or the exception when none came (a hang ends at the client's timeout)."""
+
+    def __init__(self, url: str, body: dict, headers: dict[str, str], workers: int) -> None:
+        self.url, self.body, self.headers = url, body, headers
+        self.answers: list[tuple[int, dict] | Exception] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self) -> None:
+        with httpx.Client(timeout=120) as client:
+            while not self.stopped.is_set():
+                try:
+                    response = client.post(self.url, json=self.body, headers=self.headers)
+                    self.answers.append((response.status_code, response.json()))
+                    if response.status_code == 503:
+                        time.sleep(0.1)
+                except Exception as exc:  # noqa: BLE001 - kept for the test to report
+                    self.answers.append(exc)
+
+    def statuses(self) -> list[int | str]:
+        return [a[0] if isinstance(a, tuple) else type(a).__name__ for a in self.answers]
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_a_replica_whose_engine_dies_mid_load_loses_no_ledger_row(server, admin, long_request, store_args):
+    created = httpx.post(f"{server.url}/api/v1/keys", json={"name": "load"}, headers=bearer(admin), timeout=30)
+    key, key_hash = created.json()["key"], created.json()["data"]["hash"]
+    engines = _engine_pids(server.process.pid)
+    assert len(engines) == 2, engines
+    before = set(_replicas_answering(server, "/health", {}))
+    load = Load(f"{server.url}/v1/chat/completions", {**long_request, "max_tokens": 1000}, bearer(key), workers=4)
+    try:
+        busy: set[str] = set()  # both replicas running a request (each admits one)
+        loaded = time.monotonic()
+        while len(busy) < 2 and time.monotonic() - loaded < server.start_s:
+            health = httpx.get(f"{server.url}/health", timeout=30)
+            if health.json()["pending"] == 1:
+                busy.add(health.headers[REPLICA])
+            time.sleep(0.05)
+        assert len(busy) == 2, load.statuses()
+        os.kill(engines[0], signal.SIGKILL)
+        killed = time.monotonic()
+        while 500 not in load.statuses() and time.monotonic() - killed < server.start_s:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the dead replica refuses what Ray still routes to it
+    finally:
+        load.stop()
+    deadline = time.monotonic() + 2 * server.start_s + 30  # a new replica starts in less than the whole cluster
+    serving: dict[str, httpx.Response] = {}
+    while not (len(serving) == 2 and set(serving) != before) and time.monotonic() < deadline:
+        serving = {r: h for r, h in _replicas_answering(server, "/health", {}, tries=10).items() if h.status_code == 200}
+        time.sleep(0.5)
+    assert len(serving) == 2 and set(serving) != before, f"not replaced: {before} -> {set(serving)}"
+
+    statuses = load.statuses()
+    assert 500 in statuses and set(statuses) <= {200, 500, 503}, statuses  # the kill ended a running request
+    for status, body in (a for a in load.answers if a[0] != 200):
+        assert set(body["error"]) >= {"message", "type", "code"}, body  # OpenAI's error shape
+    answered = [body["id"] for status, body in load.answers if status == 200]
+    assert answered, "some requests were answered around the kill"
+    url = database_url(url=store_args[1]) if store_args[0] == "--database-url" else database_url(data_dir=Path(store_args[1]))
+
+    async def ledger() -> list:
+        store = Store(url)
+        try:
+            return await store.generations_of(key_hash)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(ledger())  # no waiting: a row is committed before its response is sent
+    completed = [row.id for row in rows if row.status == "completed"]
+    assert sorted(completed) == sorted(answered) and len({row.id for row in rows}) == len(rows)
+    assert any(row.status == "error" for row in rows), "the request the kill ended is in the ledger as an error"
 
 
 def test_the_serve_config_file_builds_the_application(ray_serve):

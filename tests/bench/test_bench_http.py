@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from imagemini.bench import http
 
 
@@ -38,3 +40,13 @@ def test_sse_lines_read_as_a_client_reads_them():
     chunk = http.sse_chunk('data: {"usage": {"completion_tokens": 3}}')
     assert chunk == {"usage": {"completion_tokens": 3}}
     assert http.sse_chunk("data: [DONE]") is None and http.sse_chunk("") is None
+
+
+def test_replica_scaling_times_a_lone_server_and_ray(tiny_checkpoint):
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'imagemini[ray]')")
+    args = bench_args("--model", str(tiny_checkpoint), "--dtype", "float32", "--max-tokens", "4",
+                      "--concurrency", "2", "--requests", "3", "--repeats", "1", "--replicas", "1")
+    results = http.main(args)
+    assert set(results) == {"lone", "ray1"} and all(set(rows) == {2} for rows in results.values())
+    for row in (results["lone"][2], results["ray1"][2]):
+        assert row["tok_s"] == row["tok_s_per_replica"] > 0 and 0 < row["p50_s"] <= row["p99_s"] < float("inf")
