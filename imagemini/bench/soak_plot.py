@@ -3,6 +3,8 @@ KV tokens in use (bottom) against seconds since the traffic began."""
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image, ImageDraw, ImageFont
 
 SCALE = 2  # drawn at twice the layout size, for sharp text
@@ -31,7 +33,7 @@ def draw_timeline(samples: list[dict], traffic_s: float, title: str) -> Image.Im
         bottom = top + PANEL - 14
         series = [(key, legend, colour, div) for p, key, legend, colour, div in SERIES if p == panel]
         values = [s[key] / div for key, _, _, div in series for s in samples if s.get(key) is not None]
-        high = _nice_ceiling(max(values + [1.0]))
+        high = nice_ceiling(max(values + [1.0]))
         for tick in range(5):
             y = bottom - (bottom - top) * tick / 4
             draw.line(at(LEFT, y, right, y), fill=(225, 225, 225), width=SCALE)
@@ -52,9 +54,9 @@ def draw_timeline(samples: list[dict], traffic_s: float, title: str) -> Image.Im
     return image
 
 
-def _nice_ceiling(value: float) -> float:
+def nice_ceiling(value: float) -> float:
     """The smallest of 1, 2, 2.5, 5 times a power of ten not below `value` (an axis top)."""
-    power = 10 ** len(str(int(value)))
+    power = 10.0 ** math.ceil(math.log10(value))
     for step in (0.1, 0.2, 0.25, 0.5, 1.0):
         if value <= step * power:
             return step * power

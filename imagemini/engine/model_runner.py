@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from imagemini.models.janus import Janus
-from imagemini.models.layers import release_plain_weights, set_row_tile, short_blocks_exact
+from imagemini.models.layers import set_row_tile, short_blocks_exact
 
 from .sequence import Sequence
 
@@ -95,8 +95,7 @@ class ModelRunner:
         self.model = model
         self.row_tile = row_tile
         model.model.language_model.fuse()
-        set_row_tile(model, row_tile)
-        release_plain_weights(model)
+        set_row_tile(model, row_tile, keep_plain_weights=False)  # nothing reads them after packing
         # Pad a step's rows to whole tiles once, so that every matmul takes its one-block path,
         # unless short blocks are exact anyway (then padding rows would only add work).
         self.pad_to = row_tile if row_tile and not short_blocks_exact(model) else None

@@ -110,9 +110,12 @@ def fuse_linears(parts: list[Linear]) -> Linear:
     return fused
 
 
-def set_row_tile(module: nn.Module, tile: int | None) -> None:
+def set_row_tile(module: nn.Module, tile: int | None, keep_plain_weights: bool = True) -> None:
     """Switch every `Linear` under `module` to fixed `tile`-row blocks (None: plain matmul).
-    The parts of a fused Linear are left alone: only the fused one runs."""
+    The parts of a fused Linear are left alone: only the fused one runs. Without
+    `keep_plain_weights`, a Linear that computes from its packed copy drops its plain weight (and
+    its parts theirs, views into it) as soon as it is packed: the model then holds its matmul
+    weights once, never twice, and their state-dict entries go with them."""
     for m in module.modules():
         if isinstance(m, Linear) and not m.is_fused_part:
             if m.weight is None:
@@ -121,16 +124,9 @@ def set_row_tile(module: nn.Module, tile: int | None) -> None:
             m._packed = None
             m.prepack()
             m.probe_short_blocks()
-
-
-def release_plain_weights(module: nn.Module) -> None:
-    """Drop the plain weight of every `Linear` under `module` that computes from its packed copy
-    (and of the parts of such a fused Linear, views into its weight): the inference model then
-    holds its matmul weights once. Their state-dict entries go with them."""
-    for m in module.modules():
-        if isinstance(m, Linear) and m._packed is not None:
-            for holder in (m, *m.parts):
-                holder.weight = None
+            if m._packed is not None and not keep_plain_weights:
+                for holder in (m, *m.parts):
+                    holder.weight = None
 
 
 def short_blocks_exact(module: nn.Module) -> bool:

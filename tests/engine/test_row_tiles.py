@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imagemini.models.layers import Linear, fuse_linears, release_plain_weights, set_row_tile, short_blocks_exact
+from imagemini.models.layers import Linear, fuse_linears, set_row_tile, short_blocks_exact
 
 
 def tiled_linear(dtype: torch.dtype, tile: int = 8) -> Linear:
@@ -84,19 +84,23 @@ def test_setting_tiles_up_leaves_the_callers_random_stream_alone():
 
 
 def test_released_weights_leave_the_packed_copy_computing_the_same_numbers():
-    parts = [tiled_linear(torch.bfloat16) for _ in range(2)]
-    for part in parts:
-        set_row_tile(part, None)
-    fused = fuse_linears(parts)
-    set_row_tile(nn.ModuleList([fused, *parts]), 8)
-    if fused._packed is None:
+    def fused_pair() -> tuple[Linear, list[Linear]]:
+        parts = [tiled_linear(torch.bfloat16) for _ in range(2)]
+        for part in parts:
+            set_row_tile(part, None)
+        return fuse_linears(parts), parts
+
+    kept, kept_parts = fused_pair()
+    set_row_tile(nn.ModuleList([kept, *kept_parts]), 8)
+    if kept._packed is None:
         pytest.skip("this torch build has no packed bf16 matmul")
-    assert all(p.row_tile is None and p._packed is None for p in parts)  # only the fused one runs
+    assert all(p.row_tile is None and p._packed is None for p in kept_parts)  # only the fused one runs
+    released, parts = fused_pair()
+    set_row_tile(nn.ModuleList([released, *parts]), 8, keep_plain_weights=False)
+    assert released.weight is None and all(p.weight is None for p in parts)
     x = torch.randn(5, 64).to(torch.bfloat16)
     with torch.no_grad():
-        before = fused(x)
-        release_plain_weights(nn.ModuleList([fused, *parts]))
-        assert fused.weight is None and all(p.weight is None for p in parts)
-        assert torch.equal(fused(x), before)
+        assert torch.equal(released(x), kept(x))
+        assert torch.equal(released(x), padded_reference(kept, x))
     with pytest.raises(RuntimeError, match="released"):
-        set_row_tile(fused, 4)
+        set_row_tile(released, 4)
