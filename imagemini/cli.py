@@ -161,11 +161,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
 # name -> help. imagemini/bench/NAME.py owns its options (`add_arguments`) and is imported only
 # when its command is chosen: benchmarks need the `test` extra (httpx, transformers).
 BENCHES = {
-    "text": "decode tokens/s: our engine vs transformers' generate",
+    "text": "decode tokens/s and time to first token: our engine vs transformers' generate vs the weight-pass ceiling",
     "http": "tokens/s streamed through the HTTP server vs the engine alone",
     "structured": "tokens/s with and without a JSON schema, and the grammar mask's cost",
     "images": "encoder cache: hit vs miss latency for a resent image",
-    "draw": "images/s drawn: our engine vs transformers' generate (image mode)",
+    "draw": "images/s drawn: our engine vs transformers' generate (image mode) vs the weight-pass ceiling",
     "picture": "latency of a chat with a picture through the server (new vs resent)",
     "soak": "minutes of mixed traffic through the server: errors, RSS, KV use, latency per kind",
     "train": "training steps/s and tokens/s of the recipe's stage 2 on a device",

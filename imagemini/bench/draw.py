@@ -1,7 +1,7 @@
 """`imagemini bench draw`: image generation speed of our engine against transformers' Janus
 `generate(generation_mode="image")`, same checkpoint, same dtype, same prompts, in one run.
 
-    imagemini bench draw [--model DIR] [--concurrency 1 8] [--dtype bfloat16]
+    imagemini bench draw [--model DIR] [--concurrency 1 8] [--dtype bfloat16] [--json OUT]
 
 Each request draws one image: the checkpoint's code count sampled from the generation head
 with classifier-free guidance (a conditional and an unconditional row), then the VQ decoder
@@ -9,35 +9,32 @@ turns the codes into pixels. Both sides decode greedily with the same guidance s
 do the same work. Concurrency c means c requests in flight: our engine batches them
 (continuous batching); for transformers `hf sequential` runs one `generate` per request (a
 server built on `generate`), `hf batched` one `generate` for all c prompts, left-padded (its
-best case, only possible when the requests arrive together with the same settings).
-Images/s counts decoded images over wall time, prompt prefill included.
+best case, only possible when the requests arrive together with the same settings). A
+sequential image's time does not depend on c, so each distinct prompt is timed alone and c
+requests' time is the sum of theirs. Images/s counts decoded images over wall time, prompt
+prefill included. `--partial-images P` times previews instead (bench/draw_previews.py).
 
-    imagemini bench draw --partial-images 3 [--model DIR] [--concurrency 1 8]
-
-instead times what previews cost: `imagemini serve` on the checkpoint, c streams at once, each
-drawing one picture greedily (`modalities: ["image"]`), without previews and with P previews per
-picture (`image_config.partial_images`), taking turns `--repeats` times. Through HTTP because
-that is where previews are decoded (in the API process, while the engine process draws on). The
-figure is the mean time from sending a request to its picture's `delta.images`, the median of the
-turns: on a shared machine the best turn is the luckiest one, and a small cost drowns in the luck.
-Beside it, the CPU seconds the server's processes (API and engine) spent per picture, which
-other load on the machine moves much less (Linux: read from /proc).
+The ceiling (ceiling.py): c guided images decode 2c rows a step, one code each per pair, so
+no engine draws more than c / (codes x one weight pass of 2c rows) images/s here (the decoder
+and the image head; the VQ decoder's pixels are left out). Our engine and transformers are
+loaded one after the other, each freed before the next.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import statistics
+import gc
 import time
 from pathlib import Path
 
 import torch
 
 from imagemini.engine.engine import DTYPES, Engine, EngineConfig
-from imagemini.engine.params import SamplingParams, preview_points
+from imagemini.engine.params import SamplingParams
 from imagemini.models.tokenizer import Tokenizer
+
+from .ceiling import ceiling, decoder_linears
+from .report import add_report_arguments, draw_bars, peak_rss_gib, write_report
 
 PROMPTS = [
     "Draw a large red circle at the top left on a white background.",
@@ -58,11 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is kept)")
     p.add_argument("--partial-images", type=int, choices=[1, 2, 3], default=None,
-                   help="instead: time per picture through `imagemini serve` streams with this many previews vs none")
+                   help="instead: time per picture through `imagemini serve` streams with this many previews vs none "
+                        "(bench/draw_previews.py)")
+    add_report_arguments(p)
 
 
-def draw_prompts(engine: Engine, concurrency: int) -> list[list[int]]:
-    tok = engine.tokenizer
+def draw_prompts(tok: Tokenizer, concurrency: int) -> list[list[int]]:
     return [
         tok.encode(tok.render_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])) + [tok.special.boi]
         for i in range(concurrency)
@@ -80,129 +78,76 @@ def bench_engine(engine: Engine, prompts: list[list[int]]) -> float:
     return len(prompts) / elapsed
 
 
-def bench_hf(model, prompts: list[list[int]], pad_id: int, batched: bool) -> float:
-    common = dict(generation_mode="image", do_sample=False, guidance_scale=GUIDANCE, pad_token_id=pad_id)
+def bench_hf(model, prompts: list[list[int]], pad_id: int) -> float:
+    """Images/s of one left-padded `generate(generation_mode="image")` for all `prompts`."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     start = time.perf_counter()
-    groups = [prompts] if batched else [[p] for p in prompts]
-    images = 0
-    for group in groups:
-        width = max(len(p) for p in group)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in group])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
-        codes = model.generate(ids, attention_mask=mask, **common)
-        images += model.decode_image_tokens(codes).shape[0]
+    codes = model.generate(ids, attention_mask=mask, generation_mode="image", do_sample=False,
+                           guidance_scale=GUIDANCE, pad_token_id=pad_id)
+    images = model.decode_image_tokens(codes).shape[0]
     assert images == len(prompts)
     return images / (time.perf_counter() - start)
 
 
-def main(args: argparse.Namespace) -> dict[int, dict[int, float]] | None:
-    if args.partial_images:
-        return preview_cost(args)
+def engine_phase(args: argparse.Namespace, prompts: dict[int, list[list[int]]]) -> dict:
+    engine = Engine.from_checkpoint(args.model, EngineConfig(dtype=args.dtype))
+    bench_engine(engine, prompts[min(prompts)][:1])  # warm-up
+    rates = {c: max(bench_engine(engine, p) for _ in range(args.repeats)) for c, p in prompts.items()}
+    return {"images_per_s": rates, "codes": engine.num_image_tokens, "peak_rss_gib": peak_rss_gib()}
+
+
+def hf_phase(args: argparse.Namespace, prompts: dict[int, list[list[int]]], pad: int, codes: int) -> dict:
     import transformers
 
-    torch.set_grad_enabled(False)
-    engine = Engine.from_checkpoint(args.model, EngineConfig(dtype=args.dtype))
     transformers.logging.set_verbosity_error()
     hf = transformers.JanusForConditionalGeneration.from_pretrained(args.model, dtype=DTYPES[args.dtype]).eval()
-    pad = engine.tokenizer.special.pad
-    warm = draw_prompts(engine, 1)
-    bench_engine(engine, warm)
-    bench_hf(hf, warm, pad, batched=False)
-    print(f"checkpoint {args.model}  dtype {args.dtype}  codes/image {engine.num_image_tokens}  "
+    bench_hf(hf, prompts[min(prompts)][:1], pad)  # warm-up
+    widest = prompts[max(prompts)]
+    alone = [1 / max(bench_hf(hf, [p], pad) for _ in range(args.repeats)) for p in widest[: len(PROMPTS)]]  # s/image
+    sequential = {c: c / sum(alone[i % len(PROMPTS)] for i in range(c)) for c in prompts}
+    batched = {c: max(bench_hf(hf, p, pad) for _ in range(args.repeats)) if c > 1 else sequential[c] for c, p in prompts.items()}
+    linears = decoder_linears(hf, "image")
+    ceilings = {}
+    for c in prompts:
+        bound = ceiling(linears, 2 * c)
+        ceilings[c] = {**bound, "images_per_s": bound["tokens_per_s"] / 2 / codes}
+    result = {"sequential": sequential, "batched": batched, "ceilings": ceilings, "peak_rss_gib": peak_rss_gib()}
+    del hf
+    gc.collect()
+    return result
+
+
+def main(args: argparse.Namespace) -> dict | None:
+    if args.partial_images:
+        from .draw_previews import preview_cost
+
+        return preview_cost(args)
+    torch.set_grad_enabled(False)
+    tok = Tokenizer.from_dir(args.model)
+    prompts = {c: draw_prompts(tok, c) for c in args.concurrency}
+    ours = engine_phase(args, prompts)
+    gc.collect()
+    hf = hf_phase(args, prompts, tok.special.pad, ours["codes"])
+    print(f"checkpoint {args.model}  dtype {args.dtype}  codes/image {ours['codes']}  "
           f"guidance {GUIDANCE}  threads {torch.get_num_threads()}")
-    print(f"{'concurrency':>11} {'ours img/s':>11} {'hf seq img/s':>13} {'hf batch img/s':>15} {'vs seq':>7} {'vs batch':>9}")
+    print(f"{'concurrency':>11} {'ours img/s':>11} {'of ceil':>8} {'hf seq img/s':>13} {'hf batch img/s':>15} {'vs seq':>7}"
+          f" {'vs batch':>9} {'ceiling img/s':>14}")
+    rows = []
     for c in args.concurrency:
-        prompts = draw_prompts(engine, c)
-        ours = max(bench_engine(engine, prompts) for _ in range(args.repeats))
-        seq = max(bench_hf(hf, prompts, pad, batched=False) for _ in range(args.repeats))
-        batch = max(bench_hf(hf, prompts, pad, batched=True) for _ in range(args.repeats)) if c > 1 else seq
-        print(f"{c:>11} {ours:>11.2f} {seq:>13.2f} {batch:>15.2f} {ours / seq:>6.2f}x {ours / batch:>8.2f}x", flush=True)
-
-
-def preview_cost(args: argparse.Namespace) -> dict[int, dict[str, float]]:
-    """Print and return, per concurrency, the median seconds per picture without and with previews
-    (wall: request to picture; cpu: the server's processes, API and engine, per picture)."""
-    from imagemini.bench.http import served_process
-
-    previews = args.partial_images
-    eos = Tokenizer.from_dir(args.model).special.eos
-    decode = _preview_decode_seconds(args.model, args.dtype, previews)
-    results: dict[int, dict[str, float]] = {}
-    with served_process(args.model, args.dtype) as (base, model_id, server):
-        asyncio.run(_draw_streams(base, model_id, eos, 1, previews))  # warm: both paths, the decoder too
-        print(f"checkpoint {args.model}  dtype {args.dtype}  previews {previews}  guidance {GUIDANCE}  "
-              f"median of {args.repeats}, through imagemini serve")
-        print(f"decoding a picture's {previews} previews on the server's preview thread alone: {decode:.3f} s")
-        print(f"{'concurrency':>11} {'wall s/picture':>15} {f'with {previews}':>7} {'cost':>7} "
-              f"{'cpu s/picture':>14} {f'with {previews}':>7} {'cost':>7}")
-        for c in args.concurrency:
-            turns: dict[tuple[str, int], list[float]] = {(k, asked): [] for k in ("wall", "cpu") for asked in (0, previews)}
-            for _ in range(args.repeats):
-                for asked in (0, previews):
-                    cpu = _cpu_seconds(server.pid)
-                    turns["wall", asked].append(asyncio.run(_draw_streams(base, model_id, eos, c, asked)))
-                    turns["cpu", asked].append((_cpu_seconds(server.pid) - cpu) / c)
-            median = {f"{k}_{asked}": statistics.median(times) for (k, asked), times in turns.items()}
-            row = [f"{median[f'{k}_0']:>{w}.3f} {median[f'{k}_{previews}']:>7.3f} "
-                   f"{median[f'{k}_{previews}'] / median[f'{k}_0'] - 1:>+7.1%}" for k, w in (("wall", 15), ("cpu", 14))]
-            print(f"{c:>11} {' '.join(row)}", flush=True)
-            results[c] = median
-    return results
-
-
-def _preview_decode_seconds(model_dir: Path, dtype: str, previews: int) -> float:
-    """Median seconds to decode one picture's previews as the server does (api/previews.py), here."""
-    from imagemini.api.previews import preview_png
-    from imagemini.models.image_output import ImageWriter
-    from imagemini.models.janus import load_janus
-
-    writer = ImageWriter(load_janus(model_dir, DTYPES[dtype]))
-    num_codes = writer.model.cfg.vq.num_patches ** 2
-    codes = [(7 * i) % writer.model.cfg.vq.num_embeddings for i in range(num_codes)]
-    preview_png(writer, codes[:1])  # warm
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for drawn in preview_points(num_codes, previews):
-            preview_png(writer, codes[:drawn])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (the server and its engine), from /proc."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0
-    for each in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-async def _draw_streams(base: str, model_id: str, eos: int, concurrency: int, previews: int) -> float:
-    """Mean seconds from request to picture of `concurrency` streams at once, each drawing one
-    picture and ending right after it (end-of-sequence biased up)."""
-    import httpx
-
-    from imagemini.bench.http import sse_chunk
-
-    async def one(client: httpx.AsyncClient, prompt: str) -> float:
-        config = {"guidance_scale": GUIDANCE, "partial_images": previews}
-        body = {"model": model_id, "messages": [{"role": "user", "content": prompt}], "modalities": ["image"],
-                "stream": True, "temperature": 0, "image_config": config, "logit_bias": {str(eos): 100}}
-        began, drawn, seen = time.perf_counter(), None, 0
-        async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                chunk = sse_chunk(line)
-                delta = chunk["choices"][0]["delta"] if chunk and chunk["choices"] else {}
-                seen += len(delta.get("image_previews") or [])
-                if delta.get("images") and drawn is None:
-                    drawn = time.perf_counter() - began
-        if drawn is None or seen != previews:
-            raise RuntimeError(f"a stream brought {seen} previews (asked {previews}) and {'a' if drawn else 'no'} picture")
-        return drawn
-
-    async with httpx.AsyncClient(timeout=600) as client:
-        times = await asyncio.gather(*[one(client, PROMPTS[i % len(PROMPTS)]) for i in range(concurrency)])
-    return sum(times) / len(times)
+        rates = {"ours": ours["images_per_s"][c], "hf_sequential": hf["sequential"][c], "hf_batched": hf["batched"][c]}
+        bound = hf["ceilings"][c]
+        rows.append({"concurrency": c, "images_per_s": rates, "ceiling": bound, "ours_share_of_ceiling": rates["ours"] / bound["images_per_s"]})
+        print(f"{c:>11} {rates['ours']:>11.3f} {rows[-1]['ours_share_of_ceiling']:>8.0%} {rates['hf_sequential']:>13.3f}"
+              f" {rates['hf_batched']:>15.3f} {rates['ours'] / rates['hf_sequential']:>6.2f}x"
+              f" {rates['ours'] / rates['hf_batched']:>8.2f}x {bound['images_per_s']:>14.3f}")
+    peaks = {"after ours": ours["peak_rss_gib"], "after hf": hf["peak_rss_gib"]}
+    print("peak RSS GiB: " + "  ".join(f"{k} {v}" for k, v in peaks.items()))
+    results = {"bench": "draw", "checkpoint": str(args.model), "dtype": args.dtype, "threads": torch.get_num_threads(),
+               "codes_per_image": ours["codes"], "guidance": GUIDANCE, "images": rows, "peak_rss_gib": peaks}
+    groups = {f"c={r['concurrency']}": {"ours": r["images_per_s"]["ours"], "hf sequential": r["images_per_s"]["hf_sequential"],
+                                        "hf batched": r["images_per_s"]["hf_batched"], "ceiling (weight pass)": r["ceiling"]["images_per_s"]}
+              for r in rows}
+    title = f"bench draw: images/s, {Path(args.model).name}, {args.dtype}, {torch.get_num_threads()} threads"
+    write_report(args, results, draw_bars(title, "images/s", groups))

@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from imagemini.bench.text import PROMPTS, _prompts, bench_engine, add_arguments as _text_arguments
+from imagemini.bench.text import PROMPTS, _prompts, bench_engine, add_run_arguments as _text_arguments
 from imagemini.engine.engine import Engine, EngineConfig
 from imagemini.models import random_fixture
 

@@ -4,6 +4,8 @@ sample keys (`series`: metrics_plot.py draws the server's /metrics this way)."""
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image, ImageDraw, ImageFont
 
 SCALE = 2  # drawn at twice the layout size, for sharp text
@@ -35,7 +37,7 @@ def draw_timeline(samples: list[dict], traffic_s: float, title: str, series: tup
         bottom = top + PANEL - 14
         shown = [(key, legend, colour, div) for p, key, legend, colour, div in series if p == panel]
         values = [s[key] / div for key, _, _, div in shown for s in samples if s.get(key) is not None]
-        high = _nice_ceiling(max(values + [1.0]))
+        high = nice_ceiling(max(values + [1.0]))
         for tick in range(5):
             y = bottom - (bottom - top) * tick / 4
             draw.line(at(LEFT, y, right, y), fill=(225, 225, 225), width=SCALE)
@@ -56,9 +58,9 @@ def draw_timeline(samples: list[dict], traffic_s: float, title: str, series: tup
     return image
 
 
-def _nice_ceiling(value: float) -> float:
+def nice_ceiling(value: float) -> float:
     """The smallest of 1, 2, 2.5, 5 times a power of ten not below `value` (an axis top)."""
-    power = 10 ** len(str(int(value)))
+    power = 10.0 ** math.ceil(math.log10(value))
     for step in (0.1, 0.2, 0.25, 0.5, 1.0):
         if value <= step * power:
             return step * power

@@ -31,7 +31,7 @@ from imagemini.engine.params import SamplingParams
 from imagemini.models import random_fixture
 from imagemini.world.scene import COLORS, SHAPES, SIZES
 
-from .text import _prompts, add_arguments as _text_arguments
+from .text import _prompts, add_run_arguments as _text_arguments
 
 REPEATS = 3
 

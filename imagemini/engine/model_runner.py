@@ -36,11 +36,12 @@ class Chunk:
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """B pre-scaled float32 query rows q [B, Hq, D], one per sequence, over float32 keys/values
     [B·Hkv, L, D] of B sequences of one length: plain batched matmuls beat the fused kernel's
-    set-up cost at this size."""
+    set-up cost at this size. `bmm` is what `matmul` calls for these shapes, without its
+    broadcasting steps (this runs once per sequence per layer per step)."""
     b, heads, d = q.shape
     kv_heads = keys.shape[0] // b
-    scores = torch.matmul(q.view(b * kv_heads, heads // kv_heads, d), keys.transpose(1, 2))
-    return torch.matmul(torch.softmax(scores, dim=-1), values).view(b, heads, d)
+    scores = torch.bmm(q.view(b * kv_heads, heads // kv_heads, d), keys.transpose(1, 2))
+    return torch.bmm(torch.softmax(scores, dim=-1), values).view(b, heads, d)
 
 
 def _is_guided_pair(c: Chunk, partner: Chunk) -> bool:
@@ -94,7 +95,7 @@ class ModelRunner:
         self.model = model
         self.row_tile = row_tile
         model.model.language_model.fuse()
-        set_row_tile(model, row_tile)
+        set_row_tile(model, row_tile, keep_plain_weights=False)  # nothing reads them after packing
         # Pad a step's rows to whole tiles once, so that every matmul takes its one-block path,
         # unless short blocks are exact anyway (then padding rows would only add work).
         self.pad_to = row_tile if row_tile and not short_blocks_exact(model) else None

@@ -31,6 +31,10 @@ class Linear(DirectCall, nn.Linear):
     row_tile: int | None = None
     _packed: torch.Tensor | None = None  # oneDNN-packed bf16 weight for `row_tile` rows
     short_blocks_exact: bool = False  # set by `set_row_tile`'s probe
+    # Set by `fuse_linears`: the Linears whose weights are views into this one's (a plain tuple,
+    # not submodules), and on each of those, that a fused Linear computes it.
+    parts: tuple["Linear", ...] = ()
+    is_fused_part: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tile = self.row_tile
@@ -94,8 +98,10 @@ def fuse_linears(parts: list[Linear]) -> Linear:
     fused.weight = nn.Parameter(weight, requires_grad=False)
     fused.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
     fused.row_tile = parts[0].row_tile
+    fused.parts = tuple(parts)
     offset = 0
     for p in parts:
+        p.is_fused_part = True
         rows = p.weight.shape[0]
         p.weight = nn.Parameter(weight[offset : offset + rows], requires_grad=False)
         if bias is not None:
@@ -104,14 +110,23 @@ def fuse_linears(parts: list[Linear]) -> Linear:
     return fused
 
 
-def set_row_tile(module: nn.Module, tile: int | None) -> None:
-    """Switch every `Linear` under `module` to fixed `tile`-row blocks (None: plain matmul)."""
+def set_row_tile(module: nn.Module, tile: int | None, keep_plain_weights: bool = True) -> None:
+    """Switch every `Linear` under `module` to fixed `tile`-row blocks (None: plain matmul).
+    The parts of a fused Linear are left alone: only the fused one runs. Without
+    `keep_plain_weights`, a Linear that computes from its packed copy drops its plain weight (and
+    its parts theirs, views into it) as soon as it is packed: the model then holds its matmul
+    weights once, never twice, and their state-dict entries go with them."""
     for m in module.modules():
-        if isinstance(m, Linear):
+        if isinstance(m, Linear) and not m.is_fused_part:
+            if m.weight is None:
+                raise RuntimeError("this Linear's plain weight was released: its tiles cannot change")
             m.row_tile = tile
             m._packed = None
             m.prepack()
             m.probe_short_blocks()
+            if m._packed is not None and not keep_plain_weights:
+                for holder in (m, *m.parts):
+                    holder.weight = None
 
 
 def short_blocks_exact(module: nn.Module) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from imagemini.models.layers import Linear, set_row_tile, short_blocks_exact
+from imagemini.models.layers import Linear, fuse_linears, set_row_tile, short_blocks_exact
 
 
 def tiled_linear(dtype: torch.dtype, tile: int = 8) -> Linear:
@@ -80,3 +81,26 @@ def test_setting_tiles_up_leaves_the_callers_random_stream_alone():
     torch.manual_seed(5)
     set_row_tile(layer, 8)  # its probes draw random rows
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_released_weights_leave_the_packed_copy_computing_the_same_numbers():
+    def fused_pair() -> tuple[Linear, list[Linear]]:
+        parts = [tiled_linear(torch.bfloat16) for _ in range(2)]
+        for part in parts:
+            set_row_tile(part, None)
+        return fuse_linears(parts), parts
+
+    kept, kept_parts = fused_pair()
+    set_row_tile(nn.ModuleList([kept, *kept_parts]), 8)
+    if kept._packed is None:
+        pytest.skip("this torch build has no packed bf16 matmul")
+    assert all(p.row_tile is None and p._packed is None for p in kept_parts)  # only the fused one runs
+    released, parts = fused_pair()
+    set_row_tile(nn.ModuleList([released, *parts]), 8, keep_plain_weights=False)
+    assert released.weight is None and all(p.weight is None for p in parts)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(released(x), kept(x))
+        assert torch.equal(released(x), padded_reference(kept, x))
+    with pytest.raises(RuntimeError, match="released"):
+        set_row_tile(released, 4)
