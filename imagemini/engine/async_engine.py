@@ -61,6 +61,7 @@ class EngineFacts:
 
     limits: RequestLimits
     system_fingerprint: str
+    stats: "EngineStats"  # as it starts
 
 
 @dataclass
@@ -68,6 +69,12 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     kv_used_tokens: int = 0
+    prefix_cache: dict[str, int] | None = None  # PrefixCache.stats(); None: the cache is off
+
+
+def engine_stats(engine: Engine) -> EngineStats:
+    prefix = engine.prefix_cache.stats() if engine.prefix_cache is not None else None
+    return EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens, prefix)
 
 
 class EngineFrontend:
@@ -96,7 +103,7 @@ def _engine_process(model_dir: str, config: EngineConfig, threads: int | None, c
     except Exception as exc:  # reported to the parent, which raises it where the server starts
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", EngineFacts(engine.limits, engine.system_fingerprint)))
+    conn.send(("ready", EngineFacts(engine.limits, engine.system_fingerprint, engine_stats(engine))))
     serve_engine(engine, conn)
 
 
@@ -128,9 +135,8 @@ def serve_engine(engine: Engine, conn: Connection) -> None:
             outputs = engine.fail_all("internal error in the inference engine")
         outputs = refused + outputs
         if outputs:
-            stats = EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens)
             try:
-                conn.send(("outputs", outputs, stats))
+                conn.send(("outputs", outputs, engine_stats(engine)))
             except (BrokenPipeError, OSError):
                 return
 
@@ -164,7 +170,6 @@ class AsyncEngine:
         threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
         self.max_pending = max_pending
         self.frontend = EngineFrontend(Path(model_dir), config)
-        self.stats = EngineStats()
         self.dead: str | None = None  # why the engine process stopped, once it has
         self._queues: dict[str, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +192,7 @@ class AsyncEngine:
         if status != "ready":
             raise RuntimeError(f"the engine could not load {model_dir}: {detail}")
         self.facts: EngineFacts = detail
+        self.stats = detail.stats
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="imagemini-engine-send", daemon=True)
         self._sender.start()
