@@ -156,6 +156,7 @@ BENCHES = {
     "http": "tokens/s streamed through the HTTP server vs the engine alone",
     "structured": "tokens/s with and without a JSON schema, and the grammar mask's cost",
     "images": "encoder cache: hit vs miss latency for a resent image",
+    "prefix": "prefix cache: time to first token of a chat's second turn, cold vs cached",
     "draw": "images/s drawn: our engine vs transformers' generate (image mode)",
     "picture": "latency of a chat with a picture through the server (new vs resent)",
     "soak": "minutes of mixed traffic through the server: errors, RSS, KV use, latency per kind",
