@@ -63,31 +63,35 @@ def history(engine: Engine, tokens: int, seed: int) -> list[dict]:
     return messages
 
 
-def first_token_s(engine: Engine, prompt: list[int]) -> float:
+def first_token(engine: Engine, prompt: list[int]) -> tuple[float, int]:
+    """Seconds to the first token of `prompt`, and the prompt tokens it read from the cache."""
     start = time.perf_counter()
-    engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
-    return time.perf_counter() - start
+    result = engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0))[0]
+    return time.perf_counter() - start, result["num_cached_tokens"]
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller in the same process keeps its own mode
 def main(args: argparse.Namespace) -> dict:
-    torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         path = with_context(args.model or random_fixture.cached_small(), 2 * args.history_tokens + 256, Path(tmp))
         cached = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
         cold = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype, prefix_cache_tokens=0))
     tok = cached.tokenizer
     render = lambda messages: tok.encode(tok.render_chat(messages))  # noqa: E731
-    first_token_s(cold, render(history(cold, 64, seed=-1)))  # warm-up: first calls pay one-off costs
+    first_token(cold, render(history(cold, 64, seed=-1)))  # warm-up: first calls pay one-off costs
     times: dict[str, list[float]] = {"cold": [], "cached": []}
+    reused = []
     for seed in range(args.repeats):
         messages = history(cached, args.history_tokens, seed)
         reply = cached.generate([render(messages)], SamplingParams(max_tokens=16, seed=seed))[0]["text"]
         second = render(messages + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}])
-        times["cold"].append(first_token_s(cold, second))
-        times["cached"].append(first_token_s(cached, second))
+        for name, engine in (("cold", cold), ("cached", cached)):
+            seconds, cached_tokens = first_token(engine, second)
+            times[name].append(seconds)
+        reused.append(cached_tokens)
     cold_s, cached_s = statistics.median(times["cold"]), statistics.median(times["cached"])
     print(f"checkpoint {path.name}  dtype {args.dtype}  second turn {len(second)} tokens  "
           f"prefill chunk {cached.config.scheduler.prefill_chunk}  threads {torch.get_num_threads()}")
     print(f"time to first token: cold {cold_s * 1000:.0f} ms, cached {cached_s * 1000:.0f} ms "
-          f"({cold_s / cached_s:.1f}x faster), median of {args.repeats}")
-    return {"cold_s": cold_s, "cached_s": cached_s, "prompt_tokens": len(second)}
+          f"({cold_s / cached_s:.1f}x faster; {min(reused)} prompt tokens from the cache), median of {args.repeats}")
+    return {"cold_s": cold_s, "cached_s": cached_s, "prompt_tokens": len(second), "cached_tokens": reused}
