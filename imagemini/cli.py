@@ -44,6 +44,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
     p.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV cache size in tokens, all sequences")
+    p.add_argument("--prefix-cache-tokens", type=int, default=16384,
+                   help="prompt prefixes kept for reuse, in tokens, beside the KV budget (0: off)")
 
 
 def _engine_config(args: argparse.Namespace):
@@ -53,6 +55,7 @@ def _engine_config(args: argparse.Namespace):
     return EngineConfig(
         dtype=args.dtype,
         kv_budget_tokens=args.kv_budget_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),
     )
 
@@ -165,6 +168,7 @@ BENCHES = {
     "http": "tokens/s streamed through the HTTP server vs the engine alone",
     "structured": "tokens/s with and without a JSON schema, and the grammar mask's cost",
     "images": "encoder cache: hit vs miss latency for a resent image",
+    "prefix": "prefix cache: time to first token of a chat's second turn, cold vs cached",
     "draw": "images/s drawn: our engine vs transformers' generate (image mode) vs the weight-pass ceiling",
     "picture": "latency of a chat with a picture through the server (new vs resent)",
     "soak": "minutes of mixed traffic through the server: errors, RSS, KV use, latency per kind",

@@ -60,6 +60,7 @@ from .schemas import (
     ErrorDetail,
     ImageOutput,
     ImagePreviewOutput,
+    PromptTokensDetails,
     ReasoningDetail,
     TokenLogprob,
     TopLogprob,
@@ -160,6 +161,7 @@ class Tally:
     completion_tokens: dict[int, int] = field(default_factory=dict)
     image_tokens: dict[int, int] = field(default_factory=dict)
     reasoning_tokens: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)  # prompt tokens from the prefix cache
     finish_reasons: dict[int, str | None] = field(default_factory=dict)
     images: int = 0  # generated images, all choices
     first_output_at: float | None = None  # time.monotonic() of the first delta
@@ -170,12 +172,19 @@ class Tally:
         self.completion_tokens[index] = out.num_output_tokens
         self.image_tokens[index] = out.num_image_tokens
         self.reasoning_tokens[index] = out.num_reasoning_tokens
+        self.cached_tokens[index] = out.num_cached_tokens
         self.finish_reasons[index] = out.finish_reason
         self.images += images
 
     def totals(self) -> tuple[int, int, int]:
         """(completion, image, reasoning) tokens of all choices."""
         return sum(self.completion_tokens.values()), sum(self.image_tokens.values()), sum(self.reasoning_tokens.values())
+
+    @property
+    def prompt_cached_tokens(self) -> int:
+        """Prompt tokens this completion did not compute: the prompt counts once whatever n is, and
+        the choices that took it from the one that prefilled it (scheduler.py) do not make it cached."""
+        return min(self.cached_tokens.values(), default=0)
 
 
 @dataclass(frozen=True)
@@ -259,16 +268,19 @@ def logprob_entries(tokenizer: Tokenizer, logprobs: list[EngineLogprob]) -> list
 
 
 def usage(ctx: ResponseContext, completion_tokens: int, image_tokens: int = 0, reasoning_tokens: int = 0) -> Usage:
-    # Prompt tokens count once whatever n is, as OpenAI bills them. Thought tokens are part of the
-    # completion tokens (priced at pricing.internal_reasoning), shown or excluded alike.
+    # Prompt tokens count once whatever n is, as OpenAI bills them; those read from the prefix cache
+    # at pricing.input_cache_read. Thought tokens are part of the completion tokens (priced at
+    # pricing.internal_reasoning), shown or excluded alike.
+    cached = ctx.tally.prompt_cached_tokens
     return Usage(
         prompt_tokens=ctx.prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=ctx.prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens, image_tokens=image_tokens),
         cost=ctx.card.cost(
             ctx.prompt_tokens, completion_tokens, image_tokens=image_tokens, input_images=ctx.input_images,
-            reasoning_tokens=reasoning_tokens,
+            reasoning_tokens=reasoning_tokens, cached_tokens=cached,
         ),
     )
 

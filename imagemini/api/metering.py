@@ -68,8 +68,10 @@ class GenerationMeter:
     def row(self, ctx: "ResponseContext", status: str) -> Generation:
         tally, now = ctx.tally, time.monotonic()
         completion, image, reasoning = tally.totals()
+        cached = tally.prompt_cached_tokens
         cost = ctx.card.prices.exact_cost(
-            ctx.prompt_tokens, completion, reasoning_tokens=reasoning, image_tokens=image, input_images=ctx.input_images
+            ctx.prompt_tokens, completion, reasoning_tokens=reasoning, image_tokens=image, input_images=ctx.input_images,
+            cached_tokens=cached,
         )
         native = tally.finish_reasons.get(0)
         finish = {"completed": native, "error": "error", "cancelled": None}[status]
@@ -90,7 +92,7 @@ class GenerationMeter:
             tokens_completion=completion,
             native_tokens_reasoning=reasoning,
             native_tokens_completion_images=image,
-            native_tokens_cached=0,  # no prefix cache
+            native_tokens_cached=cached,
             num_media_prompt=ctx.input_images,
             num_media_completion=tally.images,
             num_choices=max(1, len(tally.completion_tokens)),

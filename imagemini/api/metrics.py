@@ -195,8 +195,9 @@ class LiveFigures(Collector):
         yield self._counter("mm_cache_queries", "Vision-encoder cache queries, in images (and source echoes).",
                             cache["hits"] + cache["misses"])
         yield self._counter("mm_cache_hits", "Vision-encoder cache hits, in images (and source echoes).", cache["hits"])
-        # The prefix cache's figures go here, from EngineStats like the gauges above:
-        # prefix_cache_queries and prefix_cache_hits, in tokens (vLLM's meaning).
+        prefix = stats.prefix_cache or {"query_tokens": 0, "hit_tokens": 0}
+        yield self._counter("prefix_cache_queries", "Prefix cache queries, in prompt tokens looked up.", prefix["query_tokens"])
+        yield self._counter("prefix_cache_hits", "Prefix cache hits, in prompt tokens taken from the cache.", prefix["hit_tokens"])
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(PREFIX + name, doc, labels=list(IDENTITY_LABELS))

@@ -15,7 +15,8 @@
       "input_modalities": ["text", "image"],    what the checkpoint can take / make; the server adds
       "output_modalities": ["text", "image"],   "file" (PDF/text files) to inputs that include text
       "pricing_usd_per_million_tokens": {"prompt": 2.5, "completion": 2.0,
-                                         "internal_reasoning": <completion>, "image_output": <completion>},
+                                         "internal_reasoning": <completion>, "image_output": <completion>,
+                                         "input_cache_read": <prompt>},
       "pricing_usd_per_image": 0, "pricing_usd_per_request": 0,
       "examples": [{"prompt": "...", "modalities": [...], "note": "..."}]
     }
@@ -26,7 +27,8 @@ shown on the model page (imagemini/web/page.py), which reads them from the file 
 Prices, OpenRouter style: input image tokens are prompt tokens (BOI + N placeholders + EOI per
 image) at the prompt price, plus `pricing_usd_per_image` per input image (card `pricing.image`);
 generated image codes (completion_tokens_details.image_tokens) at the `image_output` price,
-the other completion tokens at the completion price.
+the other completion tokens at the completion price. Prompt tokens read from the prefix cache
+(usage.prompt_tokens_details.cached_tokens) cost `input_cache_read`, the prompt price unless set.
 
 What the card lists is what the server accepts: an image part needs "image" in the inputs, a
 file part "file", `modalities: ["image"]` needs "image" in the outputs.
@@ -85,6 +87,7 @@ class Prices:
 
     prompt: Decimal
     completion: Decimal
+    input_cache_read: Decimal
     internal_reasoning: Decimal
     image_output: Decimal
     image: Decimal
@@ -95,10 +98,14 @@ class Prices:
         per_million = card.get("pricing_usd_per_million_tokens", {})
         prompt = Decimal(str(per_million.get("prompt", 2.5))) / MILLION
         completion = Decimal(str(per_million.get("completion", 2.0))) / MILLION
-        other = {k: Decimal(str(per_million[k])) / MILLION for k in ("internal_reasoning", "image_output") if k in per_million}
+        other = {
+            k: Decimal(str(per_million[k])) / MILLION
+            for k in ("internal_reasoning", "image_output", "input_cache_read") if k in per_million
+        }
         return cls(
             prompt=prompt,
             completion=completion,
+            input_cache_read=other.get("input_cache_read", prompt),
             internal_reasoning=other.get("internal_reasoning", completion),
             image_output=other.get("image_output", completion),
             image=Decimal(str(card.get("pricing_usd_per_image", 0))),
@@ -109,28 +116,33 @@ class Prices:
         return Pricing(**{k: _usd(getattr(self, k)) for k in Pricing.model_fields if hasattr(self, k)})
 
     def cost(
-        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0,
+        input_images: int = 0, cached_tokens: int = 0,
     ) -> float:
-        return float(self.exact_cost(prompt_tokens, completion_tokens, reasoning_tokens, image_tokens, input_images))
+        return float(self.exact_cost(prompt_tokens, completion_tokens, reasoning_tokens, image_tokens, input_images, cached_tokens))
 
     def exact_cost(
-        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0, input_images: int = 0
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, image_tokens: int = 0,
+        input_images: int = 0, cached_tokens: int = 0,
     ) -> Decimal:
-        """USD, exact: usage.cost is its float, the ledger keeps it in nano-dollars."""
+        """USD, exact: usage.cost is its float, the ledger keeps it in nano-dollars. `cached_tokens`:
+        the prompt tokens read from the prefix cache (part of `prompt_tokens`)."""
         text_tokens = completion_tokens - reasoning_tokens - image_tokens
         return (
             self.request
             + input_images * self.image
-            + prompt_tokens * self.prompt
+            + (prompt_tokens - cached_tokens) * self.prompt
+            + cached_tokens * self.input_cache_read
             + text_tokens * self.completion
             + reasoning_tokens * self.internal_reasoning
             + image_tokens * self.image_output
         )
 
     def worst_case(self, prompt_tokens: int, max_completion_tokens: int, input_images: int = 0) -> Decimal:
-        """The most a request can cost: every completion token at the dearest completion price."""
+        """The most a request can cost: every token at the dearest price it may be charged."""
         dearest = max(self.completion, self.internal_reasoning, self.image_output)
-        return self.request + input_images * self.image + prompt_tokens * self.prompt + max_completion_tokens * dearest
+        prompt = max(self.prompt, self.input_cache_read)
+        return self.request + input_images * self.image + prompt_tokens * prompt + max_completion_tokens * dearest
 
 
 def _usd(value: Decimal) -> str:
@@ -151,10 +163,12 @@ class LoadedCard:
         return model == self.card.id or model == self.card.id.rsplit("/", 1)[-1]
 
     def cost(
-        self, prompt_tokens: int, completion_tokens: int, image_tokens: int = 0, input_images: int = 0, reasoning_tokens: int = 0
+        self, prompt_tokens: int, completion_tokens: int, image_tokens: int = 0, input_images: int = 0, reasoning_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> float:
         return self.prices.cost(
-            prompt_tokens, completion_tokens, reasoning_tokens=reasoning_tokens, image_tokens=image_tokens, input_images=input_images
+            prompt_tokens, completion_tokens, reasoning_tokens=reasoning_tokens, image_tokens=image_tokens,
+            input_images=input_images, cached_tokens=cached_tokens,
         )
 
     @property

@@ -65,6 +65,14 @@ HEALTH = {
         "waiting": {"type": "integer"},
         "kv_cache": {"type": "object", "required": ["used_tokens", "budget_tokens"]},
         "encoder_cache": {"type": ["object", "null"]},
+        "prefix_cache": {
+            "type": ["object", "null"],
+            "description": "null when off. Blocks and tokens held, capacity, block size (the prefill chunk), "
+                           "prompts that looked it up, prompts that reused a block, prompt tokens reused, prompt tokens of the prompts that looked it up",
+            "required": ["blocks", "tokens", "capacity_tokens", "block_tokens", "queries", "hits", "hit_tokens", "query_tokens"],
+            "properties": {k: {"type": "integer"} for k in (
+                "blocks", "tokens", "capacity_tokens", "block_tokens", "queries", "hits", "hit_tokens", "query_tokens")},
+        },
     },
 }
 

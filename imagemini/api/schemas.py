@@ -300,7 +300,7 @@ class Choice(BaseModel):
 
 
 class PromptTokensDetails(BaseModel):
-    cached_tokens: int = 0  # no prefix cache
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache (engine/prefix_cache.py)
 
 
 class CompletionTokensDetails(BaseModel):

@@ -142,6 +142,7 @@ class ServerState:
             "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache": {"used_tokens": stats.kv_used_tokens, "budget_tokens": engine.limits.kv_budget_tokens},
+            "prefix_cache": stats.prefix_cache,  # null: off (--prefix-cache-tokens 0)
             "encoder_cache": self.vision.cache.stats() if self.vision is not None else None,
         }
 

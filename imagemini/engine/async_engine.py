@@ -62,6 +62,7 @@ class EngineFacts:
 
     limits: RequestLimits
     system_fingerprint: str
+    stats: "EngineStats"  # as it starts
 
 
 @dataclass
@@ -72,6 +73,13 @@ class EngineStats:
     # Seconds each request admitted since the previous message had waited in this process
     # before the scheduler gave it room (vLLM's request_queue_time; api/metrics.py).
     queue_times: list[float] = field(default_factory=list)
+    prefix_cache: dict[str, int] | None = None  # PrefixCache.stats(); None: the cache is off
+
+
+def engine_stats(engine: Engine, queue_times: list[float] | None = None) -> EngineStats:
+    prefix = engine.prefix_cache.stats() if engine.prefix_cache is not None else None
+    return EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens,
+                       queue_times or [], prefix)
 
 
 class EngineFrontend:
@@ -99,7 +107,7 @@ def _engine_process(model_dir: str, config: EngineConfig, threads: int | None, c
     except Exception as exc:  # reported to the parent, which raises it where the server starts
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", EngineFacts(engine.limits, engine.system_fingerprint)))
+    conn.send(("ready", EngineFacts(engine.limits, engine.system_fingerprint, engine_stats(engine))))
     serve_engine(engine, conn)
 
 
@@ -138,8 +146,7 @@ def serve_engine(engine: Engine, conn: Connection) -> None:
         queue_times += _admitted(engine, arrivals, outputs, step_started)
         outputs = refused + outputs
         if outputs:
-            stats = EngineStats(len(engine.scheduler.running), len(engine.scheduler.waiting), engine.kv_cache.used_tokens,
-                                queue_times)
+            stats = engine_stats(engine, queue_times)
             queue_times = []
             try:
                 conn.send(("outputs", outputs, stats))
@@ -186,7 +193,6 @@ class AsyncEngine:
         threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
         self.max_pending = max_pending
         self.frontend = EngineFrontend(Path(model_dir), config)
-        self.stats = EngineStats()
         self.on_stats: Callable[[EngineStats], None] | None = None  # told of every report (api/metrics.py)
         self.dead: str | None = None  # why the engine process stopped, once it has
         self._queues: dict[str, asyncio.Queue] = {}
@@ -210,6 +216,7 @@ class AsyncEngine:
         if status != "ready":
             raise RuntimeError(f"the engine could not load {model_dir}: {detail}")
         self.facts: EngineFacts = detail
+        self.stats = detail.stats
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="imagemini-engine-send", daemon=True)
         self._sender.start()

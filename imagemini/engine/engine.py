@@ -36,6 +36,7 @@ from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .numerics import numerics_description
 from .params import SamplingParams, preview_points
+from .prefix_cache import PrefixCache
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import ImagePreview, Sequence, SequenceOutput, Status
 from .structured import GrammarCompiler, RowMasks
@@ -57,12 +58,19 @@ class EngineConfig:
     # A structured answer is steered to close within max_tokens (GrammarMatcher.settle); False:
     # it is cut where the budget ends, for measuring what the steering costs (`bench structured`).
     close_within_budget: bool = True
+    # Keys/values of prompt prefixes kept for later prompts (prefix_cache.py), in tokens, held
+    # beside the KV budget and rounded down to whole prefill chunks; 0: off.
+    prefix_cache_tokens: int = 16384
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
         if self.row_tile is not None and self.row_tile < 1:
             raise ValueError("row_tile must be positive")
+        if self.prefix_cache_tokens != 0 and self.prefix_cache_tokens < self.scheduler.prefill_chunk:
+            raise ValueError(
+                f"prefix_cache_tokens must be 0 (off) or at least one prefill chunk ({self.scheduler.prefill_chunk})"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,9 @@ class Engine:
         # Keys/values are kept in float32 whatever the weights' dtype: attention then runs on
         # the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses nothing.
         self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens)
-        self.scheduler = Scheduler(config.scheduler, self.kv_cache)
+        chunk = config.scheduler.prefill_chunk
+        self.prefix_cache = PrefixCache(chunk, config.prefix_cache_tokens) if config.prefix_cache_tokens else None
+        self.scheduler = Scheduler(config.scheduler, self.kv_cache, self.prefix_cache)
         self.context_length = model.cfg.text.max_position_embeddings
         self.num_image_tokens = model.cfg.vq.num_patches**2
         self.code_offset = model.cfg.text.vocab_size  # image codes live above the text vocabulary
@@ -169,6 +179,8 @@ class Engine:
         )
         if params.thinks:
             seq.thought = IncrementalDetokenizer(self.tokenizer)
+        if self.prefix_cache is not None:
+            seq.block_hashes = self.prefix_cache.block_hashes(seq.prompt_ids, prompt_embeds)
         if params.uses_guidance:
             seq.cfg_partner = Sequence(f"{request_id}/uncond", [], params, None, code_offset=self.code_offset)
         if self.limits.opens_image(prompt_ids, params):
@@ -191,6 +203,8 @@ class Engine:
         hidden = self.runner.forward(chunks)
         row_of: dict[int, int] = {}
         for i, c in enumerate(chunks):
+            if c.seq.block_hashes:
+                self.prefix_cache.store(c.seq, c.start, c.length)
             c.seq.num_computed = c.end
             if c.end == c.seq.num_tokens:
                 row_of[id(c.seq)] = i  # this row's hidden state predicts the next token
@@ -385,6 +399,7 @@ class Engine:
             num_prompt_tokens=len(seq.prompt_ids),
             num_output_tokens=len(seq.output_ids),
             error=error,
+            num_cached_tokens=seq.num_cached_tokens,
         )
 
     # --- convenience for scripts and tests ---------------------------------------------------
@@ -400,7 +415,7 @@ class Engine:
         ids = [self.add_request(p, sp, prompt_embeds=e) for p, sp, e in zip(prompts, params, embeds)]
         results = {
             i: {"token_ids": [], "text": "", "reasoning": "", "num_reasoning_tokens": 0, "logprobs": [], "images": [],
-                "finish_reason": None}
+                "finish_reason": None, "num_cached_tokens": 0}
             for i in ids
         }
         while self.has_work():
@@ -412,5 +427,6 @@ class Engine:
                 r["images"] += out.images
                 r["reasoning"] += out.reasoning
                 r["num_reasoning_tokens"] = out.num_reasoning_tokens
+                r["num_cached_tokens"] = out.num_cached_tokens
                 r["finish_reason"] = out.finish_reason
         return [results[i] for i in ids]

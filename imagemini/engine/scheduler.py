@@ -7,6 +7,9 @@ so a long prompt never stalls the decoders for more than one chunk.
 
 Chunk borders sit at fixed multiples of `prefill_chunk` from the start of each prompt, never
 where the load happens to cut: the arithmetic of a prompt is then the same under any load.
+The same borders let a prompt take its first chunks from the prefix cache (prefix_cache.py);
+a prompt whose next chunk another prompt computes in this step waits one step and takes it
+from the cache then, so the n choices of one request prefill their prompt once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from .kv_cache import KVCache
 from .model_runner import Chunk
+from .prefix_cache import PrefixCache
 from .sequence import Sequence, Status
 
 
@@ -31,9 +35,10 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCache) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCache, prefix_cache: PrefixCache | None = None) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.prefix_cache = prefix_cache
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -72,17 +77,22 @@ class Scheduler:
         chunks: list[Chunk] = []
         prefill_rows = 0
         chunk = self.config.prefill_chunk
+        pending: set[bytes] = set()  # keys of the prompt blocks computed in this step
         for seq in self.running:
-            start = seq.num_computed
-            if start >= seq.num_tokens:
+            if seq.num_computed >= seq.num_tokens:
                 continue
-            if start >= len(seq.prompt_ids):  # decoding: the new rows, always
-                end = seq.num_tokens
+            if seq.num_computed >= len(seq.prompt_ids):  # decoding: the new rows, always
+                start, end = seq.num_computed, seq.num_tokens
             else:
+                if seq.block_hashes and not self.prefix_cache.reuse(seq, pending):
+                    continue
+                start = seq.num_computed
                 end = min((start // chunk + 1) * chunk, len(seq.prompt_ids))
                 if prefill_rows and prefill_rows + end - start > self.config.max_prefill_rows:
                     continue
                 prefill_rows += end - start
+                if seq.block_hashes and (key := self.prefix_cache.pending_key(seq, start, end - start)):
+                    pending.add(key)
             chunks.append(Chunk(seq, start, end - start))
             if end == seq.num_tokens and seq.in_image and seq.cfg_partner is not None:
                 # The unconditional row must be ready in the same step as the conditional

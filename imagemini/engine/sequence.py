@@ -61,6 +61,7 @@ class SequenceOutput:
     reasoning: str = ""  # text of the thought released in this delta
     num_reasoning_tokens: int = 0  # thought tokens so far, closing delimiter included (part of num_output_tokens)
     image_previews: list[ImagePreview] = field(default_factory=list)  # taken in this delta, in order
+    num_cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache (prefix_cache.py)
 
     def merge(self, later: "SequenceOutput") -> "SequenceOutput":
         """One delta saying what this one and the `later` one say together."""
@@ -79,6 +80,7 @@ class SequenceOutput:
             reasoning=self.reasoning + later.reasoning,
             num_reasoning_tokens=later.num_reasoning_tokens,
             image_previews=self.image_previews + later.image_previews,
+            num_cached_tokens=later.num_cached_tokens,
         )
 
 
@@ -108,6 +110,11 @@ class Sequence:
     thinking: bool = False  # inside the thought now
     num_reasoning_tokens: int = 0
     matcher: GrammarMatcher | None = None  # structured output: where the answer stands in its grammar
+    # Prefix cache (prefix_cache.py): the keys of the prompt's whole blocks (none: the cache is off,
+    # or an unconditional partner), the next block to look up, and the prompt tokens taken from it.
+    block_hashes: list[bytes] = field(default_factory=list)
+    next_probe: int = 0
+    num_cached_tokens: int = 0
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:

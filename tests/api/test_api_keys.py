@@ -169,6 +169,7 @@ def _check_generation(server, key: str, generation_id: str, usage: dict, streame
     assert data["tokens_prompt"] == usage["prompt_tokens"] and data["tokens_completion"] == usage["completion_tokens"]
     assert data["native_tokens_reasoning"] == usage["completion_tokens_details"]["reasoning_tokens"]
     assert data["native_tokens_completion_images"] == usage["completion_tokens_details"]["image_tokens"]
+    assert data["native_tokens_cached"] == usage["prompt_tokens_details"]["cached_tokens"]
     assert data["total_cost"] == usage["cost"] == data["usage"]
     assert data["finish_reason"] in ("stop", "length") and data["generation_time"] >= 0
     return data
@@ -191,6 +192,16 @@ def test_generation_agrees_with_usage_and_is_private_to_its_key(server, sdk, htt
     spent = http.get(f"{server.url}/api/v1/key", headers=bearer(key)).json()["data"]
     assert spent["usage"] == pytest.approx(answer.usage.model_dump()["cost"] + usage["cost"], rel=1e-9)
     assert spent["usage_daily"] == spent["usage_weekly"] == spent["usage_monthly"] == spent["usage"]
+
+
+def test_the_ledger_counts_prompt_tokens_read_from_the_prefix_cache(server, sdk, admin, model):
+    key = make_key(server, admin, "cached")
+    messages = [{"role": "user", "content": "Describe the large red circle at the top left. " * 30}]
+    answers = [sdk(server, api_key=key).chat.completions.create(model=model, messages=messages, max_tokens=4, seed=1)
+               for _ in range(2)]
+    assert answers[1].usage.prompt_tokens_details.cached_tokens > 0
+    for answer in answers:
+        _check_generation(server, key, answer.id, answer.usage.model_dump(), streamed=False)
 
 
 def _worst_case(server, admin: str, model: str, body: dict) -> tuple[float, int]:
