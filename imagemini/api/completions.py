@@ -47,7 +47,7 @@ from imagemini.models.tokenizer import Tokenizer
 
 from .errors import APIError, bad_request, internal_error, overloaded
 from .model_card import LoadedCard
-from .previews import preview_data_url
+from .previews import picture_data_url, preview_data_url
 from .schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -218,10 +218,10 @@ class ResponseContext:
         return {"reasoning": text, "reasoning_details": [ReasoningDetail(text=text)]}
 
     async def image_urls(self, out: SequenceOutput) -> list[str]:
-        """PNG data URLs of the images completed in this delta (decoded in a worker thread)."""
+        """PNG data URLs of the images completed in this delta (api/previews.py decodes them)."""
         if self.writer is None or not out.images:
             return []
-        return [await asyncio.to_thread(self.writer.png_data_url, codes) for codes in out.images]
+        return [await picture_data_url(self.writer, codes) for codes in out.images]
 
     async def image_previews(self, out: SequenceOutput) -> list[ImagePreviewOutput]:
         """The previews taken in this delta, as PNG data URLs (decoded on their own thread: previews.py)."""

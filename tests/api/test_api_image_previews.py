@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from imagemini.api.plan import plan_completion
-from imagemini.api.previews import preview_png
+from imagemini.api.previews import picture_png, preview_png
 from imagemini.api.schemas import ChatCompletionRequest
 from imagemini.api.settings import ServerSettings
 from imagemini.api.state import ServerState
@@ -137,7 +137,7 @@ def test_each_preview_is_the_pictures_first_codes_decoded_the_rest_grey(client, 
     request = body(local, eos_bias, 3)
     events = streamed(client, request)
     (codes,) = local.codes_of({**request, "stream": True})
-    assert events[-1] == ("image", local.writer.png(codes)), "the same codes in-process as in the server"
+    assert events[-1] == ("image", picture_png(local.writer, codes)), "the same codes in-process, decoded as the server decodes"
     patch = SIDE // GRID
     for _, _, k, png in events[:-1]:
         drawn = CODES * (k + 1) // 4
