@@ -158,6 +158,8 @@ def _admitted(engine: Engine, arrivals: dict[str, float], outputs: list[Sequence
     """How long each request the scheduler admitted in this step had waited; each leaves
     `arrivals`. One that left the queue without running (aborted or failed before a token) has no
     queue time."""
+    if not arrivals:  # the usual decode step: nothing was waiting to be admitted
+        return []
     waiting = {seq.request_id for seq in engine.scheduler.waiting}
     never_ran = {out.request_id for out in outputs if out.finished and out.num_output_tokens == 0}
     left = [request_id for request_id in arrivals if request_id not in waiting]
