@@ -44,7 +44,13 @@ from .structured import GrammarCompiler, RowMasks
 ENGINE_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Rows per matmul tile where `row_tile` is "auto": 16 on a CPU (oneDNN's kernel for a tile of 16
+# is about as fast per row as any larger one there); 64 on a GPU, where decoding reads the weights
+# from memory once per tile, so a larger tile serves more sequences per weight pass, and the
+# padding rows cost arithmetic the memory-bound step has to spare.
+AUTO_ROW_TILE = {"cpu": 16, "cuda": 64}
+ATTENTION = ("per_sequence", "batched")
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,15 @@ class EngineConfig:
     dtype: str = "bfloat16"
     kv_budget_tokens: int = 65536
     # Fixed row tiles make a request's output independent of its batch (the seed guarantee).
-    # None: plain batched matmuls, for measuring what the guarantee costs (`bench text`).
-    row_tile: int | None = 16
+    # None: plain batched matmuls, for measuring what the guarantee costs (`bench text`);
+    # "auto": AUTO_ROW_TILE of the device.
+    row_tile: int | None | str = "auto"
+    # Where weights, KV cache and sampling live: "cpu", "cuda" or "cuda:N".
+    device: str = "cpu"
+    # How decode rows attend (model_runner.py): "per_sequence" (each sequence over its own cache,
+    # the CPU's default) or "batched" (every decode row of a step in one fixed-block pass over a
+    # shared KV pool, no Python loop per sequence: the GPU's default); None: the device's default.
+    attention: str | None = None
     scheduler: SchedulerConfig = SchedulerConfig()
     # A structured answer is steered to close within max_tokens (GrammarMatcher.settle); False:
     # it is cut where the budget ends, for measuring what the steering costs (`bench structured`).
@@ -65,8 +78,18 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
-        if self.row_tile is not None and self.row_tile < 1:
-            raise ValueError("row_tile must be positive")
+        kind = torch.device(self.device).type  # a malformed device string raises here
+        if kind not in AUTO_ROW_TILE:
+            raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
+        # Frozen: the resolved values are set once, here, so every reader sees the same.
+        if self.row_tile == "auto":
+            object.__setattr__(self, "row_tile", AUTO_ROW_TILE[kind])
+        if self.row_tile is not None and (not isinstance(self.row_tile, int) or self.row_tile < 1):
+            raise ValueError("row_tile must be a positive integer, None or 'auto'")
+        if self.attention is None:
+            object.__setattr__(self, "attention", "batched" if kind == "cuda" else "per_sequence")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}")
         if self.prefix_cache_tokens != 0 and self.prefix_cache_tokens < self.scheduler.prefill_chunk:
             raise ValueError(
                 f"prefix_cache_tokens must be 0 (off) or at least one prefill chunk ({self.scheduler.prefill_chunk})"
