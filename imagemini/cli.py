@@ -41,7 +41,9 @@ def default_model_dir() -> Path:
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="Janus checkpoint directory (default: bundled)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu, cuda or cuda:N (weights, KV cache, sampling and the image encoder/decoder)")
     p.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
     p.add_argument("--kv-budget-tokens", type=int, default=65536, help="KV cache size in tokens, all sequences")
     p.add_argument("--prefix-cache-tokens", type=int, default=16384,
@@ -54,6 +56,7 @@ def _engine_config(args: argparse.Namespace):
 
     return EngineConfig(
         dtype=args.dtype,
+        device=args.device,
         kv_budget_tokens=args.kv_budget_tokens,
         prefix_cache_tokens=args.prefix_cache_tokens,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs),

@@ -108,8 +108,8 @@ class VisionEncoder:
         if todo:
             pixels = [self._pixels(images[positions[0]]) for positions in todo.values()]
             with torch.inference_mode():
-                encoded = self.model.encode_images(torch.stack(pixels).to(self.dtype))
-            for (key, positions), features in zip(todo.items(), encoded):
+                encoded = self.model.encode_images(torch.stack(pixels).to(self.model.device, self.dtype))
+            for (key, positions), features in zip(todo.items(), encoded.cpu()):
                 features = features.clone()
                 self.cache.put(key, features)
                 for i in positions:
@@ -142,7 +142,7 @@ class VisionEncoder:
         if codes is None:
             pixels = self.processor.vq_range(self._pixels(images[-1]))[None]  # float32: see encode_image_codes
             with torch.inference_mode():
-                codes = self.model.encode_image_codes(pixels)[0].clone()
+                codes = self.model.encode_image_codes(pixels.to(self.model.device))[0].cpu().clone()
             self.cache.put(key, codes)
         return self.processor.with_echo(ids, self.processor.echo_codes(codes))
 
@@ -152,7 +152,7 @@ class VisionEncoder:
         features = self.features(images)
         with torch.inference_mode():
             tokens = torch.tensor(ids)
-            embeds = self.model.input_embeddings(tokens)
+            embeds = self.model.input_embeddings(tokens.to(self.model.device)).cpu()  # the engine process takes host tensors
             mask = tokens == self.processor.tokenizer.special.image
             rows = torch.cat(features).to(embeds.dtype)
             if int(mask.sum()) != rows.shape[0]:

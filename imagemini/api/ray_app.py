@@ -51,7 +51,9 @@ class ImageminiArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None  # a checkpoint directory; None: the bundled checkpoint
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # "cpu", or "cuda": each replica then asks Ray for one GPU and runs on the one Ray gives it.
+    device: Literal["cpu", "cuda"] = "cpu"
     max_num_seqs: int = Field(32, ge=1)
     kv_budget_tokens: int = Field(65536, ge=1)
     max_pending: int = Field(256, ge=1)
@@ -130,7 +132,7 @@ def _create_replica_app(args: ImageminiArgs, replica: str) -> FastAPI:
 
     configure_logging(args.log_format)  # before the engine process starts: it follows the choice
     settings = replace(ServerSettings.from_env(), **args.settings)
-    config = EngineConfig(dtype=args.dtype, kv_budget_tokens=args.kv_budget_tokens,
+    config = EngineConfig(dtype=args.dtype, device=args.device, kv_budget_tokens=args.kv_budget_tokens,
                           scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs))
     store = Store(database_url(url=args.database_url), clock_from_env()) if args.database_url else None
     app = create_app(Path(args.model) if args.model else default_model_dir(), config, args.max_pending,
@@ -147,7 +149,7 @@ def build(args: ImageminiArgs) -> Application:
     deployment = serve.deployment(
         ImageminiServer,
         name="imagemini",
-        ray_actor_options={"num_cpus": args.engine_threads},
+        ray_actor_options={"num_cpus": args.engine_threads, "num_gpus": 1 if args.device == "cuda" else 0},
         max_ongoing_requests=args.max_pending + ROUTE_HEADROOM,
         # Ray waits this long for a stopping replica, whose own drain takes up to the grace period.
         graceful_shutdown_timeout_s=grace + 10.0,

@@ -59,6 +59,8 @@ def check_replica_arguments(args: argparse.Namespace, store: str | None) -> None
         return
     if args.replicas < 1:
         raise ValueError("--replicas must be >= 1")
+    if args.device not in ("cpu", "cuda"):  # Ray gives each replica its GPU: none names one itself
+        raise ValueError(f"--device {args.device} with --replicas: use cuda (one GPU per replica) or cpu")
     if args.ray_address and store is not None and store.startswith("sqlite"):
         raise ValueError(
             "--ray-address with the SQLite store: replicas on other machines would each open a store of their own. "
@@ -97,6 +99,7 @@ def serve_replicas(args: argparse.Namespace, settings: ServerSettings, store: st
 
     app_args = ImageminiArgs(
         model=str(args.model.resolve()) if args.model else None, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        device=args.device,
         kv_budget_tokens=args.kv_budget_tokens, max_pending=args.max_pending,
         engine_threads=args.engine_threads or default_engine_threads(args), api_keys=args.api_key or [],
         database_url=store, settings=asdict(settings), log_format=args.log_format, replicas=args.replicas, min_replicas=args.min_replicas,

@@ -136,6 +136,9 @@ class ServerState:
             "status": "engine_stopped" if engine.dead else "draining" if self.draining else "ok",
             "model": self.card.id,
             "system_fingerprint": engine.system_fingerprint,
+            # Where and how the model runs (EngineConfig, resolved): device, weights' dtype, plans.
+            "engine": {"device": engine.config.device, "dtype": engine.config.dtype,
+                       "attention": engine.config.attention, "row_tile": engine.config.row_tile},
             "pending": engine.num_pending,  # requests in flight (queued + running)
             "max_pending": engine.max_pending,
             # As of the engine's last step that produced output:

@@ -84,12 +84,15 @@ def engine_stats(engine: Engine, queue_times: list[float] | None = None) -> Engi
 
 class EngineFrontend:
     """The model's parts the API process needs: tokenizer, grammar compiler, the image encoder
-    and decoder, the token embeddings. The decoder layers are dropped: they run in the engine process."""
+    and decoder, the token embeddings, on the engine's device. The decoder layers are dropped:
+    they run in the engine process."""
 
     def __init__(self, model_dir: Path, config: EngineConfig) -> None:
         self.tokenizer = Tokenizer.from_dir(model_dir)
-        self.model = load_janus(model_dir, DTYPES[config.dtype])
+        self.model = load_janus(model_dir, DTYPES[config.dtype], config.device)
         self.model.model.language_model.layers = torch.nn.ModuleList()
+        if torch.device(config.device).type == "cuda":  # hand the dropped layers' memory back to the engine process
+            torch.cuda.empty_cache()
         self.grammars = GrammarCompiler(self.tokenizer, self.model.cfg.text.vocab_size)
 
 
@@ -194,6 +197,7 @@ class AsyncEngine:
         GOMP_SPINCOUNT 2,000-20,000 streamed 56-83% / 45-70%)."""
         threads = threads or max(1, len(os.sched_getaffinity(0)) - 1)
         self.max_pending = max_pending
+        self.config = config
         self.frontend = EngineFrontend(Path(model_dir), config)
         self.on_stats: Callable[[EngineStats], None] | None = None  # told of every report (api/metrics.py)
         self.dead: str | None = None  # why the engine process stopped, once it has

@@ -40,6 +40,7 @@ from .prefix_cache import PrefixCache
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import ImagePreview, Sequence, SequenceOutput, Status
 from .structured import GrammarCompiler, RowMasks
+from .transfer import Transfer
 
 ENGINE_VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.transfer = Transfer(config.device)  # every host read of a step goes through it: counted
+        self.steps_run = 0  # steps that ran the model (benchmarks: host reads per step)
         self.runner = ModelRunner(model, config.row_tile)
         # Keys/values are kept in float32 whatever the weights' dtype: attention then runs on
         # the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses nothing.
@@ -161,14 +164,15 @@ class Engine:
         # -inf), so no such id is drawn, listed in top_logprobs or handed to the detokenizer, and
         # the probabilities are the tokens' own.
         self.num_tokens = min(tokenizer.vocab_size, model.cfg.text.vocab_size)
-        self._gaps = torch.tensor(sorted(i for i in tokenizer.no_token_ids if i < self.num_tokens), dtype=torch.long)
+        gaps = sorted(i for i in tokenizer.no_token_ids if i < self.num_tokens)
+        self._gaps = torch.tensor(gaps, dtype=torch.long).to(config.device)
         special = tokenizer.special
         # The thought's delimiters (think_start, think_end), when the tokenizer has both.
         self.think = (special.think_start, special.think_end) if None not in (special.think_start, special.think_end) else None
         self.grammars = GrammarCompiler(tokenizer, model.cfg.text.vocab_size)
         self.system_fingerprint = "fp_" + hashlib.sha256(
             f"{ENGINE_VERSION}|{weights_id}|{config.dtype}|tile{config.row_tile}|chunk{config.scheduler.prefill_chunk}|"
-            f"{numerics_description()}".encode()
+            f"{numerics_description(config.device)}".encode()
         ).hexdigest()[:12]
         self.limits = RequestLimits(
             self.context_length, self.kv_cache.budget_tokens, tokenizer.vocab_size, self.think,
@@ -181,7 +185,7 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: EngineConfig | None = None) -> "Engine":
         config = config or EngineConfig()
-        model = load_janus(path, DTYPES[config.dtype])
+        model = load_janus(path, DTYPES[config.dtype], config.device)
         return cls(model, Tokenizer.from_dir(path), config, weights_digest(path))
 
     # --- thread-safe entry points ----------------------------------------------------------
@@ -215,6 +219,12 @@ class Engine:
         self._inbox.put(("abort", request_id))
 
     # --- the loop body (engine thread only) ------------------------------------------------
+    @property
+    def host_reads(self) -> int:
+        """Synchronising reads from the device so far (one a step, two when a structured answer's
+        budget needs its tokens first); on a CPU the same count of conversions."""
+        return self.transfer.reads
+
     def has_work(self) -> bool:
         return not self._inbox.empty() or self.scheduler.has_work()
 
@@ -224,6 +234,7 @@ class Engine:
         if not chunks:
             return outputs
         hidden = self.runner.forward(chunks)
+        self.steps_run += 1
         row_of: dict[int, int] = {}
         for i, c in enumerate(chunks):
             if c.seq.block_hashes:
@@ -234,19 +245,26 @@ class Engine:
         mains = [c.seq for c in chunks if id(c.seq) in row_of and c.seq.detokenizer is not None]
         text = [s for s in mains if not s.in_image]
         image = [s for s in mains if s.in_image]
-        if text:
-            logits = self.runner.text_logits(hidden[[row_of[id(s)] for s in text]])
-            if logits.shape[1] > self.num_tokens:
-                logits = logits[:, : self.num_tokens]
-            if len(self._gaps):  # ids inside the tokenizer's range that have no token
-                logits = logits.index_fill(1, self._gaps, float("-inf"))
-            settle = self._settle_rows(text) if self.config.close_within_budget else None
-            tokens, logprobs = sampler.sample(logits, text, self._row_masks(text), settle)
+        # Text tokens (with their logprobs) and image codes are sampled on the device and read in one go.
+        drawn = self._draw_text(hidden, row_of, text) if text else None
+        codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image, self.transfer) if image else None
+        host = self.transfer.read(*(drawn.tensors() if drawn else ()), *((codes,) if image else ()))
+        if drawn is not None:
+            tokens, logprobs = drawn.entries(host)
             outputs.extend(self._advance(seq, tok, lp) for seq, tok, lp in zip(text, tokens, logprobs))
         if image:
-            codes = sampler.sample_rows(self._guided_image_logits(hidden, row_of, image), image)
-            outputs.extend(self._advance_image(seq, int(code)) for seq, code in zip(image, codes))
+            outputs.extend(self._advance_image(seq, code) for seq, code in zip(image, host[-1]))
         return [o for o in outputs if o.finished or o.token_ids or o.text or o.images or o.reasoning or o.image_previews]
+
+    def _draw_text(self, hidden: torch.Tensor, row_of: dict[int, int], text: list[Sequence]) -> sampler.Drawn:
+        logits = self.runner.text_logits(hidden.index_select(0, self.transfer.tensor([row_of[id(s)] for s in text])))
+        if logits.shape[1] > self.num_tokens:
+            logits = logits[:, : self.num_tokens]
+        if len(self._gaps):  # ids inside the tokenizer's range that have no token
+            logits = logits.index_fill(1, self._gaps, float("-inf"))
+        steered = self.config.close_within_budget and any(s.matcher is not None and not s.thinking for s in text)
+        settle = self._settle_rows(text) if steered else None
+        return sampler.draw(logits, text, self._row_masks(text), settle, self.transfer)
 
     def _row_masks(self, seqs: list[Sequence]) -> RowMasks | None:
         """This step's allowed tokens of every constrained row (thoughts, answers after them, grammars)."""
@@ -287,16 +305,15 @@ class Engine:
         """uncond + scale·(cond − uncond) per image row (just cond where guidance is off)."""
         guided = [i for i, s in enumerate(seqs) if s.cfg_partner is not None]
         rows = [row_of[id(s)] for s in seqs] + [row_of[id(seqs[i].cfg_partner)] for i in guided]
-        logits = self.runner.image_logits(hidden[rows])
+        logits = self.runner.image_logits(hidden.index_select(0, self.transfer.tensor(rows)))
         cond, uncond = logits[: len(seqs)], logits[len(seqs) :]
         if not guided:
             return cond
-        scales = torch.tensor([seqs[i].params.guidance_scale for i in guided], dtype=logits.dtype)[:, None]
+        scales = self.transfer.tensor([seqs[i].params.guidance_scale for i in guided], logits.dtype)[:, None]
         if len(guided) == len(seqs):
             return uncond + scales * (cond - uncond)
-        out = cond.clone()
-        out[guided] = uncond + scales * (cond[guided] - uncond)
-        return out
+        index = self.transfer.tensor(guided)
+        return cond.index_copy(0, index, uncond + scales * (cond.index_select(0, index) - uncond))
 
     def _start_image(self, seq: Sequence) -> None:
         seq.image_tokens_left = self.num_image_tokens

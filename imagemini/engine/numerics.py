@@ -21,6 +21,7 @@ import torch
 NUMERIC_ENV = (
     "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
     "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
+    "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE", "CUBLASLT_WORKSPACE_SIZE",
 )
 # CPU features that select oneDNN's bfloat16 kernels (AMX tiles, AVX512-BF16, VNNI), as torch probes them.
 CPU_FEATURES = ("amx_tile", "amx_fp16", "avx512_bf16", "vnni", "avx512", "avx2")
@@ -38,9 +39,26 @@ def library_versions() -> list[str]:
     return [f"onednn {found[0].group(1) if found[0] else '-'}", f"mkl {found[1].group(1) if found[1] else '-'}"]
 
 
-def numerics_description() -> str:
-    """E.g. `torch 2.13.0+cpu|aten AVX512|onednn 3.12.0|mkl 2024.2|cpu amx_tile,avx512_bf16,...`."""
+def gpu_description(device: torch.device) -> list[str]:
+    """What picks a GPU's kernels: the chip (its compute capability), the CUDA and cuDNN builds,
+    and the switches that let matmuls round through TF32 or reduced-precision reductions."""
+    props = torch.cuda.get_device_properties(device)
+    matmul = torch.backends.cuda.matmul
+    return [
+        f"gpu {props.name} sm{props.major}{props.minor}", f"cuda {torch.version.cuda}",
+        f"cudnn {torch.backends.cudnn.version()}",
+        f"tf32 {int(matmul.allow_tf32)} bf16red {int(matmul.allow_bf16_reduced_precision_reduction)}"
+        f" fp16red {int(matmul.allow_fp16_reduced_precision_reduction)}",
+    ]
+
+
+def numerics_description(device: str | torch.device = "cpu") -> str:
+    """E.g. `torch 2.13.0+cpu|aten AVX512|onednn 3.12.0|mkl 2024.2|cpu amx_tile,avx512_bf16,...`;
+    on a GPU the GPU's description follows (the host's part still decides the host's arithmetic)."""
+    device = torch.device(device)
     env = [f"{name}={os.environ[name]}" for name in NUMERIC_ENV if os.environ.get(name)]
     parts = [f"torch {torch.__version__}", f"aten {torch.backends.cpu.get_cpu_capability()}", *library_versions(),
              "cpu " + ",".join(cpu_features()), *env]
+    if device.type == "cuda":
+        parts += gpu_description(device)
     return "|".join(parts)

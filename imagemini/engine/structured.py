@@ -41,6 +41,7 @@ import torch
 from imagemini.models.tokenizer import Tokenizer
 
 from .closing import MAX_CLOSING_BYTES, Closer
+from .transfer import Transfer
 
 # Whitespace between JSON tokens: none or one space (`{"a":1}`, `{"a": 1}`), or a newline and an
 # indent of up to 24 spaces (pretty-printed): the styles models write, and bounded, so that a model
@@ -231,9 +232,6 @@ class GrammarCompiler:
 
 
 # --- bitmasks ----------------------------------------------------------------------------------------
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-
-
 def bitmask(rows: int, vocab_size: int) -> torch.Tensor:
     """[rows, ceil(V/32)] int32, every token allowed."""
     return torch.full((rows, (vocab_size + 31) // 32), -1, dtype=torch.int32)
@@ -249,7 +247,7 @@ def set_tokens(row: torch.Tensor, tokens, allowed: bool) -> None:
 
 def allowed_tokens(masks: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Bitmask [R, W] int32 -> bool [R, V]."""
-    bits = (masks.unsqueeze(-1) >> _SHIFTS) & 1
+    bits = (masks.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32, device=masks.device)) & 1
     return bits.view(masks.shape[0], -1)[:, :vocab_size].bool()
 
 
@@ -260,8 +258,10 @@ class RowMasks:
     rows: list[int]
     masks: torch.Tensor  # [len(rows), ceil(V/32)] int32
 
-    def apply(self, logits: torch.Tensor) -> None:
-        """Disallowed tokens of each masked row -> -inf, in place on float logits [B, V]."""
-        index = torch.tensor(self.rows)
-        allowed = allowed_tokens(self.masks, logits.shape[1])
-        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    def apply(self, logits: torch.Tensor, transfer: Transfer | None = None) -> None:
+        """Disallowed tokens of each masked row -> -inf, in place on float logits [B, V]
+        (the masks are built on the host and copied to the logits' device without waiting)."""
+        transfer = transfer or Transfer(logits.device)
+        index = transfer.tensor(self.rows)
+        allowed = allowed_tokens(transfer.to_device(self.masks), logits.shape[1])
+        logits.index_copy_(0, index, logits.index_select(0, index).masked_fill(~allowed, float("-inf")))

@@ -64,6 +64,11 @@ class Janus(nn.Module):
         self.model = JanusModel(cfg)
         self.lm_head = Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the token embeddings are never released by the engine)."""
+        return self.model.language_model.embed_tokens.weight.device
+
     # --- the pieces the engine composes -------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.language_model.embed_tokens(ids)
@@ -104,8 +109,8 @@ class Janus(nn.Module):
     @torch.inference_mode()
     def decode_image_pixels(self, codes: list[int]) -> torch.Tensor:
         """One image's codes -> uint8 pixels [S, S, 3] (one image per call: same bits always)."""
-        pixels = self.decode_image_codes(torch.tensor([codes]))[0].float()
-        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+        pixels = self.decode_image_codes(torch.tensor([codes], device=self.device))[0].float()
+        return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
 
     # --- whole-sequence forward (reference checks and training) --------------------------
     def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,9 +164,10 @@ def weights_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_janus(path: str | Path, dtype: torch.dtype = torch.float32) -> Janus:
+def load_janus(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Janus:
     """Build the network from `config.json` and fill it from its weight files (weights.py: one
-    file or the shards of an index), each tensor read once into its final storage.
+    file or the shards of an index), each tensor read once into its final storage. On another
+    device each tensor is copied there as it is read: host memory holds one tensor at a time.
 
     Every parameter must be present in the files (except a tied `lm_head`), and every tensor
     in the files must belong to the network: a partial or foreign checkpoint is an error.
@@ -171,7 +177,8 @@ def load_janus(path: str | Path, dtype: torch.dtype = torch.float32) -> Janus:
     with torch.device("meta"):
         model = Janus(cfg)
     expected = {name: p.shape for name, p in model.named_parameters()}
-    state = dict(read_tensors(weight_files(path), expected, dtype))
+    device = torch.device(device)
+    state = {name: tensor.to(device) for name, tensor in read_tensors(weight_files(path), expected, dtype)}
     if "lm_head.weight" not in state and "model.language_model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
     missing = sorted(set(expected) - set(state))

@@ -41,6 +41,20 @@ SPEC = Path(__file__).parent / "data" / "openai-openapi.json"
 SPEC_URI = "urn:openai-openapi"
 
 
+DEVICE_ENV = "IMAGEMINI_TEST_DEVICE"
+
+
+def devices_under_test() -> list[str]:
+    """The devices the device-parametrised tests run on: the CPU always, CUDA where torch sees a
+    GPU; IMAGEMINI_TEST_DEVICE=cuda (or cpu) runs them on that one alone (scripts/gpu-check)."""
+    import torch
+
+    chosen = os.environ.get(DEVICE_ENV)
+    if chosen:
+        return [chosen]
+    return ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
 # --- OpenAI's schemas -------------------------------------------------------------------------------
 def nullable_to_anyof(node):
     """OpenAPI 3.0 `nullable: true` -> JSON Schema `anyOf: [schema, {type: null}]`, recursively."""

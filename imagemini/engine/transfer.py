@@ -1,0 +1,37 @@
+"""A step's small data between the host (token ids, row indices, each row's draw) and the device.
+
+On a GPU every blocking copy is a synchronisation: the host waits until all queued work is
+done. So inputs go to the device without blocking (a host-to-device copy from ordinary memory
+is staged by the driver at once and never waits for the device), and results come back in one
+place, `read`, which starts every copy it is given and then waits once. `reads` counts those
+waits: benchmarks report them per step. On a CPU both are plain conversions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Transfer:
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
+        self.reads = 0  # synchronising reads so far (one per `read` call, on any device)
+
+    def tensor(self, values: Any, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """A host list (or nested lists) as a tensor on the device, without waiting for it."""
+        return self.to_device(torch.tensor(values, dtype=dtype))
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True) if self.on_gpu else tensor
+
+    def read(self, *tensors: torch.Tensor) -> list[Any]:
+        """Each tensor as (nested) Python lists, after one wait for the device."""
+        self.reads += 1
+        if not self.on_gpu:
+            return [t.tolist() for t in tensors]
+        host = [t.to("cpu", non_blocking=True) for t in tensors]
+        torch.cuda.current_stream(self.device).synchronize()
+        return [h.tolist() for h in host]
