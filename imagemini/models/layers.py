@@ -57,12 +57,13 @@ class Linear(DirectCall, nn.Linear):
 
     def prepack(self) -> None:
         """Pre-arrange a bf16 weight for oneDNN's tile-sized matmul (same results, less set-up
-        per call); silently keeps the plain path where this build of torch has no such op."""
-        if self.weight.dtype != torch.bfloat16 or self.row_tile is None:
+        per call); silently keeps the plain path where this build of torch has no such op, and
+        on a GPU, where cuBLAS takes the plain weight."""
+        if self.weight.dtype != torch.bfloat16 or self.row_tile is None or self.weight.device.type != "cpu":
             return
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.row_tile)
-            probe = _probe_rows(self.row_tile, self.in_features).to(torch.bfloat16)
+            probe = _probe_rows(self.row_tile, self.in_features).to(torch.bfloat16)  # a CPU weight: a CPU probe
             got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "none", [], "")
             if torch.equal(got, F.linear(probe, self.weight, self.bias)):
                 self._packed = packed
@@ -78,7 +79,7 @@ class Linear(DirectCall, nn.Linear):
         self.short_blocks_exact = False
         if tile is None or tile == 1:
             return
-        probe = _probe_rows(tile, self.in_features).to(self.weight.dtype)
+        probe = _probe_rows(tile, self.in_features).to(self.weight.device, self.weight.dtype)
         whole = self._tile_matmul(probe)
         self.short_blocks_exact = all(torch.equal(self._tile_matmul(probe[:m]), whole[:m]) for m in range(1, tile))
 
