@@ -33,5 +33,12 @@ class Transfer:
         if not self.on_gpu:
             return [t.tolist() for t in tensors]
         host = [t.to("cpu", non_blocking=True) for t in tensors]
-        torch.cuda.current_stream(self.device).synchronize()
+        # The one wait a step is meant to have: exempt from torch's sync debug mode, so that a
+        # test running steps under set_sync_debug_mode("error") fails on any *other* wait.
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            torch.cuda.current_stream(self.device).synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
         return [h.tolist() for h in host]

@@ -97,6 +97,24 @@ def test_a_step_waits_for_the_device_once(engine):
     assert engine.host_reads - reads == engine.steps_run - steps
 
 
+def test_a_step_waits_for_nothing_else(engine):
+    """On a GPU: with torch's sync debug mode set to raise, a mix of requests (a JSON answer
+    left out: its budget reads tokens on purpose) runs to the end: no step waits for the device
+    anywhere but in `Transfer.read`."""
+    if not engine.transfer.on_gpu:
+        pytest.skip("a CPU has no device to wait for")
+    requests = [r for r in mixed_requests(engine, 8) if r[1].grammar is None]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for p, sp in requests:
+            engine.add_request(p, sp)
+        while engine.has_work():
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 def test_the_same_arithmetic_on_every_device(tiny_checkpoint):
     """Greedy tokens and logprobs of float32 runs agree across devices and plans (to float
     rounding: different kernels add in different orders)."""
