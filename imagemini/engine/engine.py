@@ -149,10 +149,10 @@ class Engine:
         self.config = config
         self.transfer = Transfer(config.device)  # every host read of a step goes through it: counted
         self.steps_run = 0  # steps that ran the model (benchmarks: host reads per step)
-        self.runner = ModelRunner(model, config.row_tile)
+        self.runner = ModelRunner(model, config.row_tile, config.attention, self.transfer)
         # Keys/values are kept in float32 whatever the weights' dtype: attention then runs on
         # the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses nothing.
-        self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens)
+        self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens, config.device, config.attention == "batched")
         chunk = config.scheduler.prefill_chunk
         self.prefix_cache = PrefixCache(chunk, config.prefix_cache_tokens) if config.prefix_cache_tokens else None
         self.scheduler = Scheduler(config.scheduler, self.kv_cache, self.prefix_cache)

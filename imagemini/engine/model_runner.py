@@ -5,8 +5,15 @@ are stacked into one [N, hidden] matrix, so every weight matmul runs once per st
 whole batch, in fixed row tiles (models/layers.py). Attention is the only per-sequence part:
 each sequence writes its new keys/values into its own cache and attends over exactly its
 own tokens, so its arithmetic is the same whether it runs alone or beside fifteen others.
-(A guided image's conditional and unconditional rows always run together, so they attend
-as one batched pair: still nothing else in the step changes their arithmetic.)
+
+Two attention plans, each with its own KV layout (kv_cache.py):
+- "per_sequence": a Python loop over sequences, each over its own allocation. (A guided image's
+  conditional and unconditional rows always run together, so they attend as one batched pair:
+  still nothing else in the step changes their arithmetic.) The CPU's default.
+- "batched" (attention.py): all decode rows of a step together over one shared pool, in tensor
+  ops counted by row tiles and key blocks, never by sequences, and batch-invariant by
+  construction; prefill chunks per chunk. The GPU's default, where a loop over sequences would
+  launch kernels per sequence per layer.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import torch.nn.functional as F
 from imagemini.models.janus import Janus
 from imagemini.models.layers import set_row_tile, short_blocks_exact
 
+from .attention import BatchedAttention, causal_chunk_attention
 from .sequence import Sequence
+from .transfer import Transfer
 
 
 @dataclass
@@ -91,9 +100,20 @@ def _plan(chunks: list[Chunk]) -> list[_Group]:
 
 
 class ModelRunner:
-    def __init__(self, model: Janus, row_tile: int | None) -> None:
+    def __init__(
+        self, model: Janus, row_tile: int | None, attention: str = "per_sequence", transfer: Transfer | None = None,
+        attention_rows: int | None | str = "row_tile",
+    ) -> None:
+        """`attention`: "per_sequence" or "batched" (the KV cache must then be pooled); `transfer`:
+        how step inputs reach the model's device; `attention_rows`: the batched plan's decode tile
+        (attention.py), "row_tile" for the row tile."""
+        if attention not in ("per_sequence", "batched"):
+            raise ValueError(f"unknown attention plan {attention!r}")
         self.model = model
         self.row_tile = row_tile
+        self.transfer = transfer or Transfer(model.device)
+        tile_rows = row_tile if attention_rows == "row_tile" else attention_rows
+        self.batched = BatchedAttention(tile_rows) if attention == "batched" else None
         model.model.language_model.fuse()
         set_row_tile(model, row_tile, keep_plain_weights=False)  # nothing reads them after packing
         # Pad a step's rows to whole tiles once, so that every matmul takes its one-block path,
@@ -113,18 +133,20 @@ class ModelRunner:
                 ids.extend(c.seq.token_at(p) for p in range(c.start, c.end))
         vocab = self.model.cfg.text.vocab_size
         code_rows = [i for i, t in enumerate(ids) if t >= vocab]
-        ids = torch.tensor(ids)
+        ids = self.transfer.tensor(ids)
         if len(code_rows) == len(ids):  # a step of image rows only
             return self._whole_tiles(self.model.embed_image_codes, ids - vocab).to(self.dtype)
         embeds = self.model.embed_tokens(ids.clamp(max=vocab - 1))
         if code_rows:
-            rows = torch.tensor(code_rows)
+            rows = self.transfer.tensor(code_rows)
             embeds[rows] = self.model.embed_image_codes(ids[rows] - vocab).to(embeds.dtype)
         for offset, rows in parts:
             embeds[offset : offset + rows.shape[0]] = rows.to(embeds.dtype)
         return embeds
 
     def _attend(self, chunks: list[Chunk]):
+        if self.batched is not None:
+            return self.batched.attend(chunks, self.transfer)
         plan = _plan(chunks)
         rows = sum(g.rows for g in plan)
         any_pair = any(g.paired for g in plan)
@@ -149,13 +171,7 @@ class ModelRunner:
                 if g.paired or g.rows == 1:
                     outputs.append(_decode_attention(query, keys, values))
                     continue
-                c = g.chunk
-                mask = torch.arange(c.end)[None, :] <= torch.arange(c.start, c.end)[:, None]
-                out = F.scaled_dot_product_attention(
-                    query.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, scale=1.0,
-                    enable_gqa=query.shape[1] != keys.shape[0],
-                )
-                outputs.append(out[0].transpose(0, 1))
+                outputs.append(causal_chunk_attention(query, keys, values, g.chunk.start))
             if rows < q.shape[0]:  # tile padding rows: attend to nothing, stay zero
                 outputs.append(q.new_zeros(q.shape[0] - rows, *q.shape[1:]))
             return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).to(k.dtype)
@@ -166,13 +182,13 @@ class ModelRunner:
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """Run the chunks; return the final hidden state of each chunk's last row [len(chunks), hidden]."""
         embeds = self._embeddings(chunks)
-        positions = torch.cat([torch.arange(c.start, c.end) for c in chunks])
+        positions = self.transfer.tensor([p for c in chunks for p in range(c.start, c.end)])
         padding = -embeds.shape[0] % self.pad_to if self.pad_to else 0
         if padding:
             embeds = F.pad(embeds, (0, 0, 0, padding))
             positions = F.pad(positions, (0, padding))
         hidden = self.model.decoder(embeds, positions, self._attend(chunks))
-        last_rows = torch.tensor([0] + [c.length for c in chunks]).cumsum(0)[1:] - 1
+        last_rows = self.transfer.tensor([0] + [c.length for c in chunks]).cumsum(0)[1:] - 1
         return hidden[last_rows]
 
     @torch.inference_mode()

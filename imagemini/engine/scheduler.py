@@ -61,10 +61,10 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            if not self.kv_cache.can_allocate(seq.reserved_tokens):
+            room = len(seq.prompt_ids) + seq.params.max_tokens
+            if not self.kv_cache.can_allocate(room, 2 if seq.cfg_partner is not None else 1):
                 break  # first come, first served: later requests do not overtake it
             self.waiting.popleft()
-            room = len(seq.prompt_ids) + seq.params.max_tokens
             if seq.cfg_partner is not None:
                 seq.kv, seq.cfg_partner.kv = self.kv_cache.allocate_pair(room)
             else:

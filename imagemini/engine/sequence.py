@@ -136,12 +136,6 @@ class Sequence:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
-    def reserved_tokens(self) -> int:
-        """Cache room for a whole life; twice that with an unconditional partner for images."""
-        room = len(self.prompt_ids) + self.params.max_tokens
-        return room * 2 if self.params.uses_guidance else room
-
-    @property
     def in_image(self) -> bool:
         return self.image_tokens_left > 0
 
