@@ -1,12 +1,12 @@
 """A randomly initialised Janus checkpoint, built with a fixed seed, for tests and benchmarks.
 
-    python -m imagemini.models.random_fixture OUT_DIR [--size tiny|small|pro-1b|pro-7b] [--vocab-size N]
+    python -m imagemini.models.random_fixture OUT_DIR [--size tiny|small|pro-1b|pro-7b] [--vocab-size N] [--device cuda]
 
 THIS IS A TEST FIXTURE, NOT A MODEL: its weights are random (seed 0) and it answers gibberish.
 It exists so that the network, the engine and the API can be checked exactly against
 `transformers` on the same files, before and independently of the trained bundled model.
 Its tokenizer speaks the bundled model's chat format (`chat_format.py`). Same seed and size ->
-byte-identical files.
+byte-identical files (for pro-1b and pro-7b: same seed, size and `--device`).
 
 `tiny` and `small` are small enough for CPU tests and benchmarks (one `model.safetensors`).
 `pro-1b` and `pro-7b` have the published Janus-Pro networks at full size (text decoder, SigLIP-L
@@ -15,7 +15,10 @@ PUBLISHED) in the published layout: bfloat16 shards named by `model.safetensors.
 with the processor, tokenizer and chat-template files such a checkpoint ships. Their vocabulary
 is padded like the published one: 102,400 rows, of which only the tokenizer's first ids have a
 token (the rest are never sampled: engine.py). They are built on demand into a cache outside the
-repository (`cached(size)`); pro-1b takes about 4 GB of disk, pro-7b about 15 GB.
+repository (`cached(size)`); pro-1b takes about 4 GB of disk, pro-7b about 15 GB. Drawing
+pro-7b's 7.4 billion normal values takes about a minute on one CPU core (the generator is
+sequential); `--device cuda` draws them on the GPU in about a second, so writing the files is
+all that is left (other values than the CPU's: CUDA's generator is another one).
 """
 
 from __future__ import annotations
@@ -162,10 +165,12 @@ def build(
     seed: int = 0,
     vocab_size: int | None = None,
     shard_bytes: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Write the fixture. `vocab_size` pads the network's vocabulary past the tokenizer's (the
     published sizes: 102,400); `shard_bytes` splits the weights into shards of at most that many
-    bytes with an index (the published sizes: 1 GiB), else one `model.safetensors`."""
+    bytes with an index (the published sizes: 1 GiB), else one `model.safetensors`; `device`
+    is where the published sizes' random values are drawn (tiny and small: on the CPU only)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     published = size in PUBLISHED
@@ -175,8 +180,10 @@ def build(
     if vocab_size < tokens:
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {tokens} tokens")
     config = janus_config(size, vocab_size, tok)
+    if not published and torch.device(device).type != "cpu":
+        raise ValueError(f"the {size} fixture is built on the CPU; --device is for {' and '.join(PUBLISHED)}")
     if published:
-        shapes, make = _streamed_weights(JanusConfig.from_dict(config), seed)
+        shapes, make = _streamed_weights(JanusConfig.from_dict(config), seed, device)
         shard_bytes = shard_bytes or SHARD_BYTES
     else:
         state = _small_weights(JanusConfig.from_dict(config), seed)
@@ -199,13 +206,13 @@ def _small_weights(cfg: JanusConfig, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-def _streamed_weights(cfg: JanusConfig, seed: int):
-    """Shapes of every tensor, and a function that makes one (bfloat16) on demand: a full-size
-    network is never held whole. Norm scales are ones, biases zeros, everything else N(0, 0.02)
-    (transformers' initializer_range), the codebook unit vectors."""
+def _streamed_weights(cfg: JanusConfig, seed: int, device: str = "cpu"):
+    """Shapes of every tensor, and a function that makes one (bfloat16, on the CPU) on demand: a
+    full-size network is never held whole. Norm scales are ones, biases zeros, everything else
+    N(0, 0.02) (transformers' initializer_range), the codebook unit vectors; drawn on `device`."""
     with torch.device("meta"):
         shapes = {k: (v.shape, torch.bfloat16) for k, v in Janus(cfg).state_dict().items()}
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
 
     def make(name: str) -> torch.Tensor:
         shape = shapes[name][0]
@@ -213,10 +220,10 @@ def _streamed_weights(cfg: JanusConfig, seed: int):
             return torch.zeros(shape, dtype=torch.bfloat16)
         if len(shape) == 1:
             return torch.ones(shape, dtype=torch.bfloat16)
-        values = torch.empty(shape).normal_(0.0, 0.02, generator=generator)
+        values = torch.empty(shape, device=device).normal_(0.0, 0.02, generator=generator)
         if name.endswith("quantize.embedding.weight"):
             values = torch.nn.functional.normalize(values, dim=-1)
-        return values.to(torch.bfloat16)
+        return values.to(torch.bfloat16).cpu()
 
     return shapes, make
 
@@ -322,8 +329,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=None, help="pad the network's vocabulary to this size")
     parser.add_argument("--shard-bytes", type=int, default=None, help="split the weights into shards of this size")
+    parser.add_argument("--device", default="cpu", help="draw pro-1b's and pro-7b's random values here (cuda: seconds)")
     args = parser.parse_args()
-    print(build(args.out_dir, args.size, args.seed, args.vocab_size, args.shard_bytes))
+    print(build(args.out_dir, args.size, args.seed, args.vocab_size, args.shard_bytes, args.device))
 
 
 if __name__ == "__main__":
