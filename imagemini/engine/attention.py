@@ -183,7 +183,7 @@ class BatchedAttention:
                 c = p.chunk
                 kv = c.seq.kv
                 out[p.first : p.first + c.length] = causal_chunk_attention(
-                    q[p.first : p.first + c.length], kv.k[layer, :, : c.end], kv.v[layer, :, : c.end], c.start,
+                    q[p.first : p.first + c.length], kv.k[layer, :, : c.end].float(), kv.v[layer, :, : c.end].float(), c.start,
                 )
             return out.to(k.dtype)
 

@@ -119,8 +119,10 @@ class RequestLimits:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
                 f"length {self.context_length}"
             )
-        if len(prompt_ids) + params.max_tokens > self.kv_budget_tokens:
-            raise ValueError("request is larger than the whole KV cache budget")
+        copies = 2 if params.uses_guidance else 1  # a guided picture's unconditional partner reserves as much
+        if copies * (len(prompt_ids) + params.max_tokens) > self.kv_budget_tokens:
+            partner = " (twice: a guided picture's unconditional partner needs the same room)" if copies == 2 else ""
+            raise ValueError(f"request is larger than the whole KV cache budget{partner}")
         bad = [t for t in prompt_ids if not (0 <= t < self.vocab_size or t in self.codes)]
         if bad:
             raise ValueError(f"prompt holds token ids outside the vocabulary and the image codes: {bad[:5]}")
@@ -150,9 +152,14 @@ class Engine:
         self.transfer = Transfer(config.device)  # every host read of a step goes through it: counted
         self.steps_run = 0  # steps that ran the model (benchmarks: host reads per step)
         self.runner = ModelRunner(model, config.row_tile, config.attention, self.transfer)
-        # Keys/values are kept in float32 whatever the weights' dtype: attention then runs on
-        # the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses nothing.
-        self.kv_cache = KVCache(model.cfg.text, torch.float32, config.kv_budget_tokens, config.device, config.attention == "batched")
+        # On a CPU keys/values are kept in float32 whatever the weights' dtype: attention then
+        # runs on the fast float32 kernels (CPU bf16 batched matmul has no fast path) and loses
+        # nothing. The batched plan on a GPU keeps them in the weights' dtype, as transformers
+        # does: decoding there is bound by memory traffic, and the cache is read every step
+        # (attention still computes in float32, block by block).
+        on_gpu_batched = self.transfer.on_gpu and config.attention == "batched"
+        kv_dtype = DTYPES[config.dtype] if on_gpu_batched else torch.float32
+        self.kv_cache = KVCache(model.cfg.text, kv_dtype, config.kv_budget_tokens, config.device, config.attention == "batched")
         chunk = config.scheduler.prefill_chunk
         self.prefix_cache = PrefixCache(chunk, config.prefix_cache_tokens) if config.prefix_cache_tokens else None
         self.scheduler = Scheduler(config.scheduler, self.kv_cache, self.prefix_cache)

@@ -141,7 +141,7 @@ class ModelRunner:
             rows = self.transfer.tensor(code_rows)
             embeds[rows] = self.model.embed_image_codes(ids[rows] - vocab).to(embeds.dtype)
         for offset, rows in parts:
-            embeds[offset : offset + rows.shape[0]] = rows.to(embeds.dtype)
+            embeds[offset : offset + rows.shape[0]] = self.transfer.to_device(rows).to(embeds.dtype)
         return embeds
 
     def _attend(self, chunks: list[Chunk]):

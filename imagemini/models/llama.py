@@ -122,7 +122,8 @@ class LlamaModel(DirectCall, nn.Module):
             layer.mlp.fuse()
         dtype = self.embed_tokens.weight.dtype
         cos, sin = rope_cos_sin(torch.arange(self.cfg.max_position_embeddings), self.cfg.head_dim, self.cfg.rope_theta, dtype)
-        self._rope_table = cos[:, None, :], sin[:, None, :]
+        device = self.embed_tokens.weight.device  # computed on the host (the same table on any device), kept beside the weights
+        self._rope_table = cos[:, None, :].to(device), sin[:, None, :].to(device)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
         """embeds [N, hidden], positions [N] -> final-normed hidden states [N, hidden]."""

@@ -65,6 +65,17 @@ def test_context_overflow_is_refused(engine32):
         engine32.add_request([1] * 10, SamplingParams(max_tokens=engine32.context_length))
 
 
+def test_a_guided_picture_must_fit_the_kv_budget_twice(tiny_checkpoint):
+    """Its unconditional partner reserves as much room: refused up front, never left waiting."""
+    engine = Engine.from_checkpoint(tiny_checkpoint, EngineConfig(dtype="float32", kv_budget_tokens=200, prefix_cache_tokens=0))
+    prompt = chat(engine, "Draw a cross") + [engine.tokenizer.special.boi]
+    room = 200 - len(prompt)
+    with pytest.raises(ValueError, match="twice"):
+        engine.add_request(prompt, SamplingParams(max_tokens=room, image_output=True))
+    plain = engine.generate([prompt], SamplingParams(max_tokens=room, image_output=True, guidance_scale=1.0, seed=1))[0]
+    assert len(plain["images"]) == 1  # unguided, the same request fits once
+
+
 @torch.no_grad()
 def test_a_prompt_may_hold_image_codes_and_nothing_else_beyond_the_vocabulary(engine32, reference):
     """A source echo (models/processor.py) puts image codes in the prompt: they are embedded as
