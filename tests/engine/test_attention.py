@@ -9,7 +9,7 @@ import random
 import pytest
 from apitest import devices_under_test
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from imagemini.engine.attention import BLOCK_TOKENS, BatchedAttention
@@ -99,8 +99,7 @@ def test_batched_attention_is_softmax_attention(device, lengths, tile_rows, bloc
 @given(lengths=lengths_strategy, target=st.integers(1, 300), tile_rows=st.sampled_from([None, 1, 3, 16]),
        shuffle=st.randoms(use_true_random=False))
 def test_a_row_gets_the_same_bits_alone_and_beside_any_rows(device, lengths, target, tile_rows, shuffle):
-    if tile_rows is None and device != "cpu":
-        return  # one tile of any size: exact on a CPU only (attention.py, "Shapes")
+    assume(tile_rows is not None or device == "cpu")  # unpadded tiles: test_unpadded_tiles_on_a_gpu
     _, seqs = pooled_sequences([target] + lengths, device=device)
     attention = BatchedAttention(tile_rows, 16)
     mine = Chunk(seqs[0], target - 1, 1)
@@ -110,6 +109,21 @@ def test_a_row_gets_the_same_bits_alone_and_beside_any_rows(device, lengths, tar
     shuffle.shuffle(chunks)
     together = run_step(attention, chunks, seqs, padding=5)[chunks.index(mine)]
     assert torch.equal(alone, together)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+@pytest.mark.xfail(reason="one tile of any size is promised exact on a CPU only: this records whether this GPU's "
+                          "kernels keep it too (XPASS: tiles could go unpadded there)", strict=False)
+def test_unpadded_tiles_on_a_gpu(device):
+    rng = random.Random(0)
+    for _ in range(20):
+        lengths, target = [rng.randint(1, 300) for _ in range(rng.randint(1, 40))], rng.randint(1, 300)
+        _, seqs = pooled_sequences([target] + lengths, device=device)
+        attention = BatchedAttention(None, BLOCK_TOKENS)
+        mine = Chunk(seqs[0], target - 1, 1)
+        alone = run_step(attention, [mine], seqs)[0]
+        chunks = [Chunk(s, n - 1, 1) for s, n in zip(seqs[1:], lengths)] + [mine]
+        assert torch.equal(alone, run_step(attention, chunks, seqs)[-1])
 
 
 @pytest.mark.parametrize("device", DEVICES)
