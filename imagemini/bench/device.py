@@ -26,19 +26,19 @@ from typing import Any
 
 import torch
 
-DEVICE_KINDS = ("cpu", "cuda")
+from imagemini.engine.engine import check_device
+
+
 SYNC_PASS_STEPS = 16
 SYNC_WARNING = "synchronizing CUDA operation"  # torch's warning text in sync debug mode
 
 
 def parse_device(text: str) -> str:
-    """`--device`'s type: "cpu", "cuda" or "cuda:N", checked as torch parses it."""
+    """`--device`'s type: "cpu", "cuda" or "cuda:N" that this machine has (the engine's own check)."""
     try:
-        kind = torch.device(text).type
-    except RuntimeError as exc:
+        check_device(text)
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if kind not in DEVICE_KINDS:
-        raise argparse.ArgumentTypeError(f"device must be cpu or cuda[:N], not {text!r}")
     return text
 
 

@@ -54,6 +54,22 @@ AUTO_ROW_TILE = {"cpu": 16, "cuda": 64}
 ATTENTION = ("per_sequence", "batched")
 
 
+def check_device(device: str) -> str:
+    """The device's kind ("cpu" or "cuda"); ValueError (saying why) for one this machine lacks."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in AUTO_ROW_TILE:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: this torch ({torch.__version__}) sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return parsed.type
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     dtype: str = "bfloat16"
@@ -79,9 +95,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
-        kind = torch.device(self.device).type  # a malformed device string raises here
-        if kind not in AUTO_ROW_TILE:
-            raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
+        kind = check_device(self.device)
         # Frozen: the resolved values are set once, here, so every reader sees the same.
         if self.row_tile == "auto":
             object.__setattr__(self, "row_tile", AUTO_ROW_TILE[kind])

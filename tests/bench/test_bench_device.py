@@ -29,10 +29,16 @@ def _parse(module, argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("module", [text, draw])
-def test_the_device_option_takes_cpu_and_cuda_and_refuses_the_rest(module):
+def test_the_device_option_takes_cpu_and_cuda_and_refuses_the_rest(module, capsys):
     assert _parse(module, []).device == "cpu" and _parse(module, []).bandwidth is None
-    args = _parse(module, ["--device", "cuda:1", "--dtype", "float16", "--no-bandwidth"])
-    assert (args.device, args.dtype, args.bandwidth) == ("cuda:1", "float16", False)
+    args = _parse(module, ["--device", "cpu", "--dtype", "float16", "--no-bandwidth"])
+    assert (args.device, args.dtype, args.bandwidth) == ("cpu", "float16", False)
+    if torch.cuda.is_available():
+        assert _parse(module, ["--device", "cuda:0"]).device == "cuda:0"
+    else:  # a GPU this machine lacks is refused when the options are read, saying so
+        with pytest.raises(SystemExit):
+            _parse(module, ["--device", "cuda:1"])
+        assert "sees no CUDA GPU" in capsys.readouterr().err
     for wrong in ["tpu", "cuda:x"]:
         with pytest.raises(SystemExit):
             _parse(module, ["--device", wrong])

@@ -142,3 +142,12 @@ def test_half_precision_weights_decode(tiny_checkpoint, device, dtype):
     text, picture = engine.generate(prompts, params)
     assert len(text["token_ids"]) > 0 and all(lp.logprob <= 0 and lp.logprob == lp.logprob for lp in text["logprobs"])
     assert len(picture["images"]) == 1 and len(picture["images"][0]) == engine.num_image_tokens
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda:99"])
+def test_a_device_this_machine_lacks_is_refused_saying_why(device):
+    with pytest.raises(ValueError, match="device"):
+        EngineConfig(device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            EngineConfig(device="cuda")
