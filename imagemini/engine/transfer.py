@@ -1,9 +1,8 @@
 """A step's small data between the host (token ids, row indices, each row's draw) and the device.
 
 On a GPU every blocking copy is a synchronisation: the host waits until all queued work is
-done. So inputs go to the device without blocking (a host-to-device copy from ordinary memory
-is staged by the driver at once and never waits for the device), and results come back in one
-place, `read`, which starts every copy it is given and then waits once. `reads` counts those
+done. So inputs go to the device without blocking (from pinned memory), and results come back
+in one place, `read`, which starts every copy it is given and then waits once. `reads` counts those
 waits: benchmarks report them per step. On a CPU both are plain conversions.
 """
 
@@ -25,7 +24,13 @@ class Transfer:
         return self.to_device(torch.tensor(values, dtype=dtype))
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.device, non_blocking=True) if self.on_gpu else tensor
+        if not self.on_gpu or tensor.device.type != "cpu":
+            return tensor
+        # From pinned memory the copy is queued at once; from ordinary memory the driver may first
+        # wait for the stream to stage it. torch's pinned pool is cached and keeps each block
+        # until its copy has run.
+        source = tensor if tensor.is_pinned() else tensor.pin_memory()
+        return source.to(self.device, non_blocking=True)
 
     def read(self, *tensors: torch.Tensor) -> list[Any]:
         """Each tensor as (nested) Python lists, after one wait for the device."""
