@@ -176,6 +176,7 @@ BENCHES = {
     "picture": "latency of a chat with a picture through the server (new vs resent)",
     "soak": "minutes of mixed traffic through the server: errors, RSS, KV use, latency per kind",
     "train": "training steps/s and tokens/s of the recipe's stage 2 on a device",
+    "profile": "torch profiler tables of decode steps: where a step's time goes, kernel launches, host reads",
 }
 
 
