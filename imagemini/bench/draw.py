@@ -224,12 +224,12 @@ def image_rows(args: argparse.Namespace, ours: dict, hf: dict) -> list[dict]:
     return rows
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller in the same process keeps its own mode
 def main(args: argparse.Namespace) -> dict | None:
     if args.partial_images:
         from .draw_previews import preview_cost
 
         return preview_cost(args)
-    torch.set_grad_enabled(False)
     tok = Tokenizer.from_dir(args.model)
     prompts = {c: draw_prompts(tok, c) for c in args.concurrency}
     bandwidth = memory_bandwidth(args.device) if measures_bandwidth(args) else None

@@ -112,8 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _text_arguments(p)  # the same options as `bench text`
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller in the same process keeps its own mode
 def main(args: argparse.Namespace) -> None:
-    torch.set_grad_enabled(False)
     path = args.model or random_fixture.cached_small()
     engine = Engine.from_checkpoint(path, EngineConfig(dtype=args.dtype))
     tok = engine.tokenizer

@@ -268,8 +268,8 @@ def _engine_phases(path: Path, args: argparse.Namespace, prompt: list[int]) -> t
     return ours, untiled, other
 
 
+@torch.no_grad()  # not set_grad_enabled(False): a caller in the same process keeps its own mode
 def main(args: argparse.Namespace) -> None:
-    torch.set_grad_enabled(False)
     path = args.model or random_fixture.cached_small()
     tok = Tokenizer.from_dir(path)
     prompts = {c: chat_prompts(tok, c) for c in args.concurrency}

@@ -104,6 +104,7 @@ def test_bench_text_writes_device_fields_and_the_summary_reads_them(tiny_checkpo
     args = _parse(text, ["--model", str(tiny_checkpoint), "--dtype", "float32", "--concurrency", "1", "2", "--max-tokens", "3",
                          "--ttft-tokens", "16", "--bandwidth", "--compare-attention", "--json", str(tmp_path / "text-tiny.json")])
     text.main(args)
+    assert torch.is_grad_enabled(), "the bench turned autograd off for the rest of the process"
     results = json.loads((tmp_path / "text-tiny.json").read_text())
     assert results["device"] == "cpu" and results["bandwidth"]["gb_s"] > 0 and results["bandwidth"]["weight_bytes"] > 0
     assert results["attention"] == {"default": "per_sequence", "other": "batched"}
